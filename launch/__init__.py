@@ -1,0 +1,1 @@
+"""Where jobs run (local processes, SLURM, Ray in SLURM) and the `trajtok` command line."""

@@ -1,0 +1,1 @@
+"""One module per `trajtok` subcommand; each defines `register(subparsers)`. `_*` modules are helpers."""

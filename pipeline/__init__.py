@@ -1,0 +1,1 @@
+"""Ray jobs that label clips and write WebDataset shards."""

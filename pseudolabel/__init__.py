@@ -1,0 +1,1 @@
+"""Segmentation pseudo-labels (trajectory label maps) for video clips."""

@@ -1,0 +1,255 @@
+"""Job configuration: dataclass schemas <- YAML file <- `key=value` overrides.
+
+Every job (synth, label, shard, train, eval, demo, bench) reads one `JobConfig`. The schema gives
+defaults and types; a YAML file under `configs/` sets what differs; command-line overrides win last.
+An unknown key or a value of the wrong type is a `ConfigError` that names the key path and the file,
+so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from trajtok.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where the data is: a manifest for pipeline jobs, shard URLs for training and evaluation."""
+
+    manifest: str = ""
+    shards: str = ""  # brace pattern or list separated by spaces: "out/shard-{000000..000007}.tar"
+    eval_shards: str = ""
+    num_workers: int = 2
+    samples_per_epoch: int = 1024  # virtual epoch over resampled shards
+    image_ratio: float = 0.0  # fraction of image (T=1) samples mixed into video batches
+    shuffle_buffer: int = 256
+
+
+@dataclass
+class ClipConfig:
+    """How clips are cut from videos and sampled into frames."""
+
+    frames: int = 16
+    size: int = 224  # short side (pipeline) / square crop (model input)
+    seconds: float = 0.0  # clip length; 0 = the whole video (or the manifest's start/end)
+    clips_per_video: int = 1
+    sampling: str = "random"  # "random": a random frame per bin (training); "middle": bin centres (eval)
+
+
+@dataclass
+class ModelConfig:
+    """Which model, at which size; names are the registry names used everywhere."""
+
+    name: str = "trajvit2"  # trajvit2 | vit3d | trajadapter | segmenter
+    size: str = "tiny"  # tiny | small | base | paper
+    num_queries: int = 0  # K trajectories; 0 = the size's default
+    tokens_per_trajectory: list[int] = field(default_factory=lambda: [1, 2, 4])
+    text_tokenizer: str = "bytes"  # bytes | bpe:<path> | hf:<local dir>
+    backbone_weights: str = ""  # optional local timm/torchvision ConvNeXt weights
+    embed_dim: int = 0  # 0 = the size's default
+
+
+@dataclass
+class LossConfig:
+    """Loss weights; segmenter pre-training uses focal + 2 * dice without the contrastive term."""
+
+    contrastive: float = 1.0
+    focal: float = 0.5
+    dice: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the DeepSpeed engine."""
+
+    steps: int = 100
+    batch_size: int = 8  # per rank, per micro-step
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.02
+    warmup_steps: int = 10
+    grad_clip: float = 1.0
+    zero_stage: int = 1
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    log_every: int = 10
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    resume: str = "auto"  # auto | none | PATH
+    overlay_every: int = 0  # log trajectory overlays every K steps (0 = only at the end)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass
+class PseudolabelConfig:
+    """Which labeler makes the trajectory label maps, and its knobs."""
+
+    name: str = "classical"  # classical | sam2 | import
+    max_trajectories: int = 128
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineConfig:
+    """The Ray sharding job."""
+
+    out: str = ""
+    clips_per_shard: int = 64
+    overwrite: bool = False
+    label_actors: int = 1
+    label_gpus: float = 0.0  # GPUs per labelling actor
+    decode_timeout: float = 60.0  # seconds before a hanging decode is abandoned
+    frame_format: str = "mp4"  # mp4 | jpg
+
+
+@dataclass
+class RayConfig:
+    address: str = ""  # "" = start a local Ray; "auto" or "host:port" = join a cluster
+    num_cpus: int = 0  # local Ray only; 0 = all cores
+
+
+@dataclass
+class LaunchConfig:
+    """Where a job runs: local processes, or SLURM through submitit."""
+
+    backend: str = "local"  # local | slurm
+    nproc: int = 1  # local processes
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem_gb: int = 0
+    partition: str = ""
+    time: int = 60  # minutes
+    account: str = ""
+    qos: str = ""
+    constraint: str = ""
+    max_requeues: int = 3
+    dry_run: bool = False
+    folder: str = ""  # submitit logs; "" = <run_dir>/submitit
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow: a SQLite store in the working directory unless a URI is given (or MLFLOW_TRACKING_URI)."""
+
+    enabled: bool = True
+    uri: str = ""
+    experiment: str = "trajtok"
+    run_name: str = ""
+
+
+@dataclass
+class EvalConfig:
+    task: str = "retrieval"  # retrieval | classify | segment | probe
+    ckpt: str = ""
+    dual_softmax: bool = False
+    templates: list[str] = field(default_factory=lambda: ["a video of {}."])
+    classes: list[str] = field(default_factory=list)
+    batch_size: int = 16
+    out: str = ""
+
+
+@dataclass
+class SynthConfig:
+    """The built-in synthetic dataset: textured shapes with exact trajectory ground truth."""
+
+    out: str = "demo-out/synth"
+    videos: int = 32
+    frames: int = 32
+    height: int = 128
+    width: int = 160
+    fps: float = 8.0
+    seed: int = 0
+
+
+@dataclass
+class JobConfig:
+    """One job's whole configuration; every subcommand reads this."""
+
+    run_dir: str = "runs/default"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pseudolabel: PseudolabelConfig = field(default_factory=PseudolabelConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+def _describe(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None)
+    reason = str(err).splitlines()[0]
+    return f"key '{key}': {reason}" if key else reason
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    """Build a validated `JobConfig` from the schema, an optional YAML file and dotlist overrides."""
+    merged: DictConfig = OmegaConf.structured(JobConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            file_cfg = OmegaConf.load(path)
+        except Exception as err:  # yaml.YAMLError and friends: one line is enough for the user
+            raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        try:
+            merged = OmegaConf.merge(merged, file_cfg)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{path}: {_describe(err)}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"override '{item}': {_describe(err)}") from None
+    try:
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{path or 'config'}: {_describe(err)}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (or one of its groups), for JSON, MLflow params and digests."""
+    return dataclasses.asdict(cfg)
+
+
+def config_digest(cfg: Any) -> str:
+    """Stable short digest of a config group: detects a changed setting between a job and its rerun."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"lr": 1e-4}}` -> `{"train.lr": 1e-4}`: the form MLflow params take."""
+    flat: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def save_config(cfg: JobConfig, run_dir: str | Path) -> Path:
+    """Write the resolved config beside the run, so every run can be reproduced from its directory."""
+    out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "config.yaml"
+    target.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    return target

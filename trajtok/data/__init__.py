@@ -1,0 +1,1 @@
+"""Data contracts, video decoding, manifests, synthetic data and the training loader."""

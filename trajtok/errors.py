@@ -1,0 +1,30 @@
+"""User-facing errors.
+
+Anything a user can cause (a bad file, a bad config key, a broken manifest row) raises a subclass of
+`TrajTokError`. The command line prints such an error as one line, without a traceback; any other
+exception is a bug and keeps its traceback.
+"""
+
+
+class TrajTokError(Exception):
+    """An error caused by input the user gave; its message names the input and the problem."""
+
+
+class ConfigError(TrajTokError):
+    """A config file or override is malformed, has an unknown key, or a value of the wrong type."""
+
+
+class VideoDecodeError(TrajTokError):
+    """A video cannot be decoded: empty, truncated, not a video, audio only, or a decode that hangs."""
+
+
+class ManifestError(TrajTokError):
+    """A manifest cannot be read, or one of its rows is malformed (the message carries the line)."""
+
+
+class LabelFormatError(TrajTokError):
+    """A label map or a TrajViT sidecar does not follow the label contract."""
+
+
+class SchemaError(TrajTokError):
+    """A shard sample does not follow the sample contract (the message names the field)."""

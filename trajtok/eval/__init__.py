@@ -1,0 +1,1 @@
+"""Evaluation: retrieval, classification, segmentation quality, probing."""
