@@ -1,0 +1,546 @@
+"""Video decoding: open a path, URI or bytes, report what it holds, read frames by index or time, sample.
+
+decord is tried first (fast random access); PyAV takes over where decord cannot open a file or gives frames
+of the wrong shape (16x16 H.264 comes back with 6 channels). Both backends report the *decodable* frame
+count, checked at open by decoding the last frame, so a container that declares frames it does not hold
+(tree.avi: 444 declared, 68 real) never yields an index that cannot be read.
+
+Every decoder call runs in a daemon thread with a deadline. decord and PyAV release the GIL while they
+decode or block on I/O, so the caller regains control on time; the stuck thread cannot be killed and is
+abandoned, and that reader refuses further calls. A subprocess per call would be killable but would cost
+a process start and a copy of every frame on the happy path; a thread costs well under a millisecond.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import dataclasses
+import logging
+import os
+import stat
+import tempfile
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import av
+import decord
+import fsspec
+import numpy as np
+from fsspec.implementations.local import LocalFileSystem
+
+from trajtok.errors import VideoDecodeError
+
+VideoSource = str | os.PathLike | bytes
+Backend = Literal["auto", "decord", "pyav"]
+SamplingMode = Literal["middle", "random"]
+
+DEFAULT_TIMEOUT = 60.0
+
+logger = logging.getLogger(__name__)
+
+# Failures reach the user as one VideoDecodeError line, not as ffmpeg log noise.
+decord.logging.set_level(decord.logging.QUIET)
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video holds, as decoded (not as the container claims).
+
+    `num_frames` counts frames that decode; `duration` runs from the first frame's start to the last
+    frame's end; `fps` is `num_frames / duration`, the container's rate for constant-rate files and
+    lower where the container declares frames that are not there.
+    """
+
+    source: str
+    backend: str
+    fps: float
+    num_frames: int
+    width: int
+    height: int
+    duration: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class _Unreadable(Exception):
+    """A backend cannot serve this file; the message is the reason shown to the user."""
+
+
+class _DecodeTimeout(VideoDecodeError):
+    """A decoder call outlived its deadline; its thread still runs and owns the decoder."""
+
+
+class _DecordBackend:
+    name = "decord"
+
+    def __init__(self, path: str):
+        try:
+            self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+            count = len(self._reader)
+            if count < 1:
+                raise _Unreadable("no video frames")
+            # Decoding the last frame checks that the frame count is real; the shape check catches
+            # decord's 6-channel frames on tiny H.264 videos.
+            probe = self._reader.get_batch([0, count - 1]).asnumpy()
+            starts = self._reader.get_frame_timestamp(np.arange(count))[:, 0].astype(np.float64)
+            rate = float(self._reader.get_avg_fps())
+        except decord.DECORDError as err:
+            raise _Unreadable(_first_line(err)) from err
+        except RuntimeError as err:  # decord's "Error reading <file>..." for files ffmpeg cannot open
+            raise _Unreadable(_first_line(err)) from err
+        if probe.ndim != 4 or probe.shape[-1] != 3 or probe.dtype != np.uint8:
+            raise _Unreadable(f"decord returned frames of shape {probe.shape} {probe.dtype}")
+        self.height, self.width = probe.shape[1:3]
+        self.times = np.round(starts - starts[0], 6)  # decord's times are float32; keep whole microseconds
+        self.frame_length = 1.0 / rate if rate > 0 else _median_step(self.times)
+
+    def decode(self, indices: np.ndarray) -> np.ndarray:
+        try:
+            return self._reader.get_batch(indices.tolist()).asnumpy()
+        except (decord.DECORDError, RuntimeError) as err:
+            raise _Unreadable(_first_line(err)) from err
+
+    def close(self) -> None:
+        self._reader = None
+
+
+class _PyAVBackend:
+    """Frames indexed by their presentation timestamps, found by demuxing (cheap: no decoding).
+
+    The last group of pictures is decoded at open and frames it lacks are dropped from the index, which
+    makes the count right for truncated files. Reads seek to the keyframe before each wanted frame unless
+    decoding on from the current position is shorter.
+    """
+
+    name = "pyav"
+
+    def __init__(self, path: str):
+        self._container = _open_container(path)
+        try:
+            self._index()
+        except BaseException:
+            self._container.close()
+            raise
+
+    def _index(self) -> None:
+        self._stream = self._container.streams.video[0]
+        pts, keyframes = self._index_packets()
+        self._pts, self._keyframes = self._drop_undecodable_tail(pts, keyframes)
+        self._time_base = float(self._stream.time_base)
+        self.times = np.round((np.asarray(self._pts, dtype=np.float64) - self._pts[0]) * self._time_base, 6)
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        self.frame_length = 1.0 / float(rate) if rate else _median_step(self.times)
+        self._position: int | None = None  # pts of the last frame the decoder produced
+        self._frames = iter(())
+
+    def _index_packets(self) -> tuple[list[int], list[int]]:
+        pts, keyframes = set(), set()
+        try:
+            for packet in self._container.demux(self._stream):
+                stamp = packet.pts if packet.pts is not None else packet.dts
+                if packet.size == 0:
+                    continue
+                if stamp is None:
+                    raise _Unreadable("video packets carry no timestamps (remux it into mp4 or mkv)")
+                pts.add(stamp)
+                if packet.is_keyframe:
+                    keyframes.add(stamp)
+        except av.error.FFmpegError:
+            pass  # damaged or missing data ends the index; the tail check below confirms what decodes
+        if not pts:
+            raise _Unreadable("no video frames")
+        pts = sorted(pts)
+        keyframes.add(pts[0])  # the start is always a valid place to decode from
+        return pts, sorted(keyframes)
+
+    def _drop_undecodable_tail(self, pts: list[int], keyframes: list[int]) -> tuple[list[int], list[int]]:
+        while keyframes:
+            key = keyframes[-1]
+            decoded = {self._frame_pts(frame): frame for frame in self._decode_from(key)}
+            tail = [p for p in pts if p >= key and p in decoded]
+            if tail:
+                self.width, self.height = decoded[tail[0]].width, decoded[tail[0]].height
+                return [p for p in pts if p < key] + tail, keyframes
+            keyframes.pop()
+            pts = [p for p in pts if p < key]
+        raise _Unreadable("no decodable video frames")
+
+    def _decode_from(self, key: int):
+        """Frames from the keyframe at or before `key` onwards; damaged packets are skipped."""
+        self._container.seek(key, stream=self._stream, backward=True)
+        try:
+            for packet in self._container.demux(self._stream):
+                try:
+                    yield from packet.decode()
+                except av.error.InvalidDataError:
+                    continue
+        except av.error.FFmpegError:
+            return
+
+    @staticmethod
+    def _frame_pts(frame: av.VideoFrame) -> int | None:
+        return frame.pts if frame.pts is not None else frame.dts
+
+    def decode(self, indices: np.ndarray) -> np.ndarray:
+        return np.stack([self._decode_one(int(i)) for i in indices])
+
+    def _decode_one(self, index: int) -> np.ndarray:
+        target = self._pts[index]
+        key = self._keyframes[bisect.bisect_right(self._keyframes, target) - 1]
+        if self._position is None or self._position >= target or key > self._position:
+            self._frames = self._decode_from(key)
+        for frame in self._frames:
+            self._position = self._frame_pts(frame)
+            if self._position is not None and self._position >= target:
+                break
+        else:
+            self._position = None
+            raise _Unreadable(f"frame {index} did not decode")
+        if self._position != target:
+            self._position = None
+            raise _Unreadable(f"frame {index} did not decode (the decoder skipped to a later frame)")
+        return frame.to_ndarray(format="rgb24", width=self.width, height=self.height)
+
+    def close(self) -> None:
+        self._frames = iter(())
+        self._container.close()
+
+
+_BACKENDS = {"decord": _DecordBackend, "pyav": _PyAVBackend}
+
+
+def _open_container(path: str) -> av.container.InputContainer:
+    """Open with PyAV and require a video stream (about 1 ms: headers only)."""
+    try:
+        container = av.open(path)
+    except av.error.FFmpegError as err:
+        raise _Unreadable(_ffmpeg_reason(err)) from err
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+        container.close()
+        raise _Unreadable(f"no video stream (holds: {', '.join(kinds)})")
+    return container
+
+
+class VideoReader:
+    """An open video; many reads share one open file (the pipeline cuts several clips per video).
+
+    Frames come back as (N, H, W, 3) uint8 RGB. Timestamps are seconds from the first frame. Use it as a
+    context manager, or call `close()`.
+    """
+
+    def __init__(self, backend, info: VideoInfo, timeout: float | None, spill: str | None):
+        self._backend = backend
+        self.info = info
+        self._timeout = timeout
+        self._stuck = False
+        self._cleanup = weakref.finalize(self, _remove_quietly, spill) if spill else None
+
+    def read_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Frames at these indices, in the order given; repeats are decoded once."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = self.info.num_frames
+        if indices.size and (indices.min() < 0 or indices.max() >= n):
+            raise IndexError(f"{self.info.source}: frame indices must lie in [0, {n}), got {indices}")
+        unique, order = np.unique(indices, return_inverse=True)
+        expected = (unique.size, self.info.height, self.info.width, 3)
+        if not unique.size:
+            return np.zeros(expected, dtype=np.uint8)
+        frames = self._guarded(lambda: self._backend.decode(unique))
+        if frames.shape != expected or frames.dtype != np.uint8:
+            raise VideoDecodeError(
+                f"{self.info.source}: {self.info.backend} returned frames of shape {frames.shape} "
+                f"{frames.dtype}, expected {expected} uint8"
+            )
+        return frames[order]
+
+    def timestamps(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Start times in seconds (from the first frame) of the frames at these indices."""
+        return self._backend.times[np.asarray(indices, dtype=np.int64)]
+
+    def index_at(self, seconds: float | Sequence[float] | np.ndarray) -> np.ndarray:
+        """Index of the frame on screen at each time (seconds from the first frame)."""
+        seconds = np.atleast_1d(np.asarray(seconds, dtype=np.float64))
+        if seconds.size and (seconds.min() < 0 or seconds.max() >= self.info.duration):
+            raise ValueError(
+                f"{self.info.source}: times must lie in [0, {self.info.duration:g}) s, got {seconds.tolist()}"
+            )
+        return np.searchsorted(self._backend.times, seconds, side="right") - 1
+
+    def read_at(self, seconds: float | Sequence[float] | np.ndarray) -> np.ndarray:
+        """Frames on screen at these times (seconds from the first frame)."""
+        return self.read_frames(self.index_at(seconds))
+
+    def sample_clip(
+        self,
+        num_frames: int,
+        mode: SamplingMode = "middle",
+        start: float | None = None,
+        end: float | None = None,
+        rng: np.random.Generator | int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`num_frames` frames sampled from [start, end) seconds: (frames, timestamps).
+
+        The window is cut on the decoded timestamps, so it is exact for variable-rate files too.
+        """
+        first, stop = self._window(start, end)
+        indices = first + sample_frame_indices(stop - first, self.info.fps, num_frames, mode, rng=rng)
+        return self.read_frames(indices), self.timestamps(indices)
+
+    def _window(self, start: float | None, end: float | None) -> tuple[int, int]:
+        start = 0.0 if start is None else start
+        end = self.info.duration if end is None else end
+        if end <= start:
+            raise ValueError(f"{self.info.source}: clip end {end:g} s must come after its start {start:g} s")
+        first, stop = np.searchsorted(self._backend.times, [start, end], side="left")
+        if stop <= first:
+            raise VideoDecodeError(
+                f"{self.info.source}: no frames in [{start:g}, {end:g}) s; the video lasts "
+                f"{self.info.duration:g} s"
+            )
+        return int(first), int(stop)
+
+    def _guarded(self, work: Callable[[], _T]) -> _T:
+        if self._stuck:
+            raise VideoDecodeError(f"{self.info.source}: an earlier decode timed out; reopen the video")
+        try:
+            return _call_with_deadline(work, self._timeout, self.info.source)
+        except _Unreadable as err:
+            raise VideoDecodeError(f"{self.info.source}: {err}") from None
+        except _DecodeTimeout:
+            self._stuck = True  # the worker thread still owns the decoder: never touch it again
+            raise
+
+    def close(self) -> None:
+        if self._backend is not None and not self._stuck:
+            self._backend.close()
+        self._backend = None
+        if self._cleanup is not None:
+            self._cleanup()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_video(
+    source: VideoSource,
+    *,
+    name: str | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    backend: Backend = "auto",
+) -> VideoReader:
+    """Open a video from a local path, an fsspec URI (`file://`, `memory://`, `s3://` ...) or bytes.
+
+    Remote files and bytes are first copied to a temporary file (decord crashes on truncated in-memory
+    AVI data), removed on `close()`. `name` labels the video in errors and `VideoInfo.source` (defaults
+    to the path or URI). `timeout` (seconds, None for none) bounds the open and each later read.
+    Raises `VideoDecodeError` when the video cannot be read, with the name and the reason.
+    """
+    if backend not in ("auto", *_BACKENDS):
+        raise ValueError(f"unknown video backend {backend!r}: use auto, decord or pyav")
+    label = name or _describe(source)
+    local = _local_path(source)
+    spill = None if local is not None else _new_temporary_file(label)
+    try:
+        opened = _call_with_deadline(
+            lambda: _open_backend(local or _copy_to(source, spill), backend, label), timeout, label
+        )
+    except BaseException:
+        if spill is not None:
+            _remove_quietly(spill)
+        raise
+    duration = round(float(opened.times[-1] + opened.frame_length), 6)
+    count = len(opened.times)
+    info = VideoInfo(
+        source=label,
+        backend=opened.name,
+        fps=round(count / duration, 6) if duration > 0 else 0.0,
+        num_frames=count,
+        width=int(opened.width),
+        height=int(opened.height),
+        duration=duration,
+    )
+    return VideoReader(opened, info, timeout, spill)
+
+
+def load_clip(
+    source: VideoSource,
+    num_frames: int,
+    mode: SamplingMode = "middle",
+    start: float | None = None,
+    end: float | None = None,
+    rng: np.random.Generator | int | None = None,
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT,
+) -> tuple[np.ndarray, np.ndarray, VideoInfo]:
+    """Open, sample one clip, close: (frames (T, H, W, 3) uint8, timestamps (T,) seconds, info)."""
+    with open_video(source, timeout=timeout) as video:
+        frames, times = video.sample_clip(num_frames, mode, start, end, rng)
+        return frames, times, video.info
+
+
+def sample_frame_indices(
+    num_frames: int,
+    fps: float,
+    num_samples: int,
+    mode: SamplingMode = "middle",
+    start: float | None = None,
+    end: float | None = None,
+    rng: np.random.Generator | int | None = None,
+) -> np.ndarray:
+    """Indices of `num_samples` frames from the window [start, end) seconds of a video.
+
+    The window is split into `num_samples` equal bins; "middle" takes each bin's centre (evaluation,
+    deterministic), "random" a uniformly random frame inside each bin (training). A window shorter than
+    `num_samples` frames repeats frames. Seconds map to indices at a constant `fps`; for variable-rate
+    files use `VideoReader.sample_clip`, which cuts the window on the decoded timestamps.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    if mode not in ("middle", "random"):
+        raise ValueError(f"unknown sampling mode {mode!r}: use middle or random")
+    first = 0 if start is None else max(0, _frame_at_or_after(start, fps))
+    stop = num_frames if end is None else min(num_frames, _frame_at_or_after(end, fps))
+    if stop <= first:
+        raise ValueError(f"the window [{start}, {end}) s holds no frames of a {num_frames}-frame video")
+    width = (stop - first) / num_samples
+    if mode == "middle":
+        offsets = np.full(num_samples, 0.5)
+    else:
+        offsets = np.random.default_rng(rng).random(num_samples)
+    positions = first + (np.arange(num_samples) + offsets) * width
+    return np.minimum(np.floor(positions).astype(np.int64), stop - 1)
+
+
+def _frame_at_or_after(seconds: float, fps: float) -> int:
+    return int(np.ceil(seconds * fps - 1e-6))
+
+
+def _open_backend(path: str, backend: Backend, label: str):
+    status = os.stat(path)
+    if stat.S_ISREG(status.st_mode) and status.st_size == 0:
+        raise VideoDecodeError(f"{label}: empty file")
+    try:
+        if backend != "auto":
+            return _BACKENDS[backend](path)
+        # Files ffmpeg cannot open never reach decord: PyAV's reasons are clearer, and decord writes its
+        # own error lines to stderr.
+        _open_container(path).close()
+        try:
+            return _DecordBackend(path)
+        except _Unreadable as err:
+            logger.debug("decord cannot read %s (%s); using PyAV", label, err)
+        return _PyAVBackend(path)
+    except _Unreadable as err:
+        raise VideoDecodeError(f"{label}: {err}") from None
+
+
+def _call_with_deadline(work: Callable[[], _T], timeout: float | None, label: str) -> _T:
+    """Run `work` in a daemon thread; if it outlives `timeout` seconds, abandon it and raise."""
+    if timeout is None:
+        return work()
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as err:
+            outcome["error"] = err
+
+    worker = threading.Thread(target=run, name=f"decode {label}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise _DecodeTimeout(f"{label}: decode timed out after {timeout:g}s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _describe(source: VideoSource) -> str:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return f"<{len(source)} bytes>"
+    return os.fspath(source)
+
+
+def _local_path(source: VideoSource) -> str | None:
+    """The file system path of a local source (a path or a file:// URI), else None."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return None
+    text = os.fspath(source)
+    if "://" not in text:
+        return _existing_file(text, text)
+    try:
+        fs, path = fsspec.core.url_to_fs(text)
+    except (ImportError, ValueError) as err:  # e.g. the s3 driver is not installed
+        raise VideoDecodeError(f"{text}: {err}") from None
+    if isinstance(fs, LocalFileSystem):
+        return _existing_file(path, text)
+    return None
+
+
+def _existing_file(path: str, label: str) -> str:
+    """The path, if something readable could be there (a file, a pipe, a device), else a user error."""
+    if not os.path.exists(path):
+        raise VideoDecodeError(f"{label}: no such file")
+    if os.path.isdir(path):
+        raise VideoDecodeError(f"{label}: is a directory, not a video file")
+    return path
+
+
+def _new_temporary_file(label: str) -> str:
+    handle, path = tempfile.mkstemp(prefix="trajtok-video-", suffix=Path(label).suffix[:8])
+    os.close(handle)
+    return path
+
+
+def _copy_to(source: VideoSource, path: str) -> str:
+    if isinstance(source, bytes | bytearray | memoryview):
+        with open(path, "r+b") as local:
+            local.write(source)
+        return path
+    uri = os.fspath(source)
+    try:
+        # "r+b" never recreates the file if a timed-out open already removed it.
+        with fsspec.open(uri, "rb") as remote, open(path, "r+b") as local:
+            while chunk := remote.read(1 << 22):
+                local.write(chunk)
+    except FileNotFoundError:
+        raise VideoDecodeError(f"{uri}: no such file") from None
+    except (OSError, ImportError, ValueError) as err:
+        raise VideoDecodeError(f"{uri}: cannot fetch ({err})") from None
+    return path
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+def _median_step(times: np.ndarray) -> float:
+    return float(np.median(np.diff(times))) if len(times) > 1 else 0.0
+
+
+def _first_line(err: BaseException) -> str:
+    """decord's messages start with a source location and carry a C++ stack; keep the reason."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = lines[0] if lines else type(err).__name__
+    return text.split(": ", 1)[-1] if text.startswith("[") else text
+
+
+def _ffmpeg_reason(err: av.error.FFmpegError) -> str:
+    reason = err.strerror or str(err)
+    if isinstance(err, av.error.InvalidDataError):
+        return f"not a readable video ({reason.lower()})"
+    return reason
