@@ -56,6 +56,12 @@ class ModelConfig:
     text_tokenizer: str = "bytes"  # bytes | bpe:<path> | hf:<local dir>
     backbone_weights: str = ""  # optional local timm/torchvision ConvNeXt weights
     embed_dim: int = 0  # 0 = the size's default
+    transformer: str = ""  # tiny | S | B | L; "" = the size's default
+    rotary: str = "1d"  # 1d: rotary over the flattened (t, h, w) index; 3d: per axis
+    eval_tokens_per_trajectory: int = 1  # n at inference (training draws from tokens_per_trajectory)
+    text_max_len: int = 64  # caption tokens (bytes for the default tokenizer)
+    num_classes: int = 0  # trajadapter's classifier outputs
+    adapter_feature_dim: int = 768  # C of the frozen feature map (B, T, h, w, C) trajadapter probes
 
 
 @dataclass
@@ -65,6 +71,8 @@ class LossConfig:
     contrastive: float = 1.0
     focal: float = 0.5
     dice: float = 1.0
+    pretrain_focal: float = 1.0  # mode "segmenter"
+    pretrain_dice: float = 2.0
 
 
 @dataclass

@@ -1,0 +1,160 @@
+"""Training losses: contrastive video-text (across all ranks) and trajectory segmentation.
+
+`total_loss(output, labels, loss_cfg, mode)` is what the trainer calls; the parts are public for tests and
+evaluation.
+
+Contrastive: symmetric InfoNCE where each rank scores its own B videos and texts against the texts and
+videos of every rank (gathered with gradient). Memory grows linearly with the world size, and with gradients
+averaged over ranks (DDP and DeepSpeed do this) the update equals that of the loss on the joined batch.
+Each rank must hold the same batch size.
+
+Segmentation, per sample: the label trajectories (ids > 0 of the label map, resized to the logit grid with
+nearest) are matched one-to-one to predicted trajectories by the Hungarian method on -IoU between the
+predicted hard masks and the labels; then softmax focal loss (gamma 2) and softmax Dice on the matched
+channels. Unlabeled pixels (id 0) count nowhere. If a sample has more label trajectories than the model has
+queries (K), the K largest are kept (ties: smaller id first) and the pixels of the others are ignored like
+unlabeled ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+
+from trajtok.config import LossConfig
+from trajtok.models.output import ModelOutput
+from trajtok.models.positions import Grid
+
+FOCAL_GAMMA = 2.0
+DICE_SMOOTH = 1.0
+IGNORE = -1
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate (B, ...) from every rank in rank order; gradients flow back to each rank's own slice."""
+    _, world = _world()
+    if world == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
+def contrastive_loss(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of normalised (B, E) embeddings; pair i of this rank is positive, all else not."""
+    rank, _ = _world()
+    all_video, all_text = gather_with_grad(video), gather_with_grad(text)
+    targets = torch.arange(video.shape[0], device=video.device) + rank * video.shape[0]
+    video_to_text = logit_scale * video @ all_text.T
+    text_to_video = logit_scale * text @ all_video.T
+    return (F.cross_entropy(video_to_text, targets) + F.cross_entropy(text_to_video, targets)) / 2
+
+
+def labels_on_grid(labels: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Label maps (B, T, H, W) of any integer dtype -> (B, T*h*w) long on the logit grid (nearest)."""
+    if tuple(labels.shape[1:]) != tuple(grid):
+        # float32 holds every uint16 id exactly; interpolate has no integer kernels
+        labels = F.interpolate(labels[:, None].float(), size=tuple(grid), mode="nearest")[:, 0]
+    return labels.long().flatten(1)
+
+
+def _match_one(predicted: np.ndarray, labels: np.ndarray, num_trajectories: int) -> np.ndarray:
+    """Per-pixel target channel (IGNORE where unlabeled or dropped) for one sample's flat maps."""
+    target = np.full(labels.shape, IGNORE, dtype=np.int64)
+    labelled = labels > 0
+    ids, inverse, counts = np.unique(labels[labelled], return_inverse=True, return_counts=True)
+    if len(ids) == 0:
+        return target
+    keep = np.lexsort((ids, -counts))[:num_trajectories]  # largest first, then smaller id
+    rank = np.full(len(ids), -1)
+    rank[keep] = np.arange(len(keep))
+    row = rank[inverse]  # index of each labelled pixel's trajectory among the kept ones, -1 if dropped
+    kept = row >= 0
+    pred = predicted[labelled][kept]
+    overlap = np.bincount(row[kept] * num_trajectories + pred, minlength=len(keep) * num_trajectories)
+    overlap = overlap.reshape(len(keep), num_trajectories).astype(np.float64)
+    union = overlap.sum(1, keepdims=True) + overlap.sum(0, keepdims=True) - overlap
+    iou = overlap / np.maximum(union, 1)
+    rows, cols = linear_sum_assignment(-iou)
+    channel = np.empty(len(keep), dtype=np.int64)
+    channel[rows] = cols
+    pixels = np.flatnonzero(labelled)[kept]
+    target[pixels] = channel[row[kept]]
+    return target
+
+
+def match_trajectories(hard: torch.Tensor, labels: torch.Tensor, num_trajectories: int) -> torch.Tensor:
+    """Hungarian matching on -IoU: (B, N) predicted ids and label ids -> (B, N) target channel or IGNORE.
+
+    Runs on the CPU with scipy: one transfer for the whole batch, then one assignment per sample.
+    """
+    predicted, label_np = hard.detach().cpu().numpy(), labels.detach().cpu().numpy()
+    targets = np.stack([_match_one(p, lab, num_trajectories) for p, lab in zip(predicted, label_np)])
+    return torch.from_numpy(targets).to(hard.device)
+
+
+def _mean_over_samples(per_sample: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    return (per_sample * counted).sum() / counted.sum().clamp_min(1)
+
+
+def segmentation_loss(
+    seg_logits: torch.Tensor, labels: torch.Tensor, grid: Grid, gamma: float = FOCAL_GAMMA
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(focal, dice) of logits (B, T*h*w, K) against label maps (B, T, H, W); means over labelled samples."""
+    logits = seg_logits.float()
+    flat_labels = labels_on_grid(labels.to(logits.device), grid)
+    target = match_trajectories(logits.argmax(dim=-1), flat_labels, logits.shape[-1])
+    valid = target != IGNORE  # (B, N)
+    has_labels = valid.any(dim=1)
+
+    log_probs = logits.log_softmax(dim=-1)
+    log_pt = log_probs.gather(-1, target.clamp_min(0)[..., None])[..., 0]
+    focal_pixels = -((1 - log_pt.exp()) ** gamma) * log_pt
+    focal = (focal_pixels * valid).sum(1) / valid.sum(1).clamp_min(1)
+
+    weight = valid[..., None].to(logits.dtype)
+    probs = log_probs.exp() * weight
+    onehot = F.one_hot(target.clamp_min(0), logits.shape[-1]).to(logits.dtype) * weight
+    intersection, prob_sum, target_sum = (probs * onehot).sum(1), probs.sum(1), onehot.sum(1)  # (B, K)
+    matched = target_sum > 0
+    dice_channels = 1 - (2 * intersection + DICE_SMOOTH) / (prob_sum + target_sum + DICE_SMOOTH)
+    dice = (dice_channels * matched).sum(1) / matched.sum(1).clamp_min(1)
+    return _mean_over_samples(focal, has_labels), _mean_over_samples(dice, has_labels)
+
+
+def total_loss(
+    output: ModelOutput, labels: torch.Tensor | None, loss_cfg: LossConfig, mode: str = "joint"
+) -> dict[str, torch.Tensor]:
+    """The weighted sum under "loss" and each unweighted part by name ("contrastive", "focal", "dice").
+
+    mode "joint": contrastive + focal * w_focal + dice * w_dice (segmentation only where the model segments
+    and labels are given); "segmenter": pretrain_focal * focal + pretrain_dice * dice, no contrastive.
+    """
+    if mode not in ("joint", "segmenter"):
+        raise ValueError(f"loss mode must be 'joint' or 'segmenter', got {mode!r}")
+    parts: dict[str, torch.Tensor] = {}
+    weights: dict[str, float] = {}
+    if mode == "joint":
+        if output.video_embedding is None or output.text_embedding is None:
+            raise ValueError("joint loss needs video and text embeddings (call the model with text)")
+        parts["contrastive"] = contrastive_loss(
+            output.video_embedding, output.text_embedding, output.logit_scale
+        )
+        weights = {"contrastive": loss_cfg.contrastive, "focal": loss_cfg.focal, "dice": loss_cfg.dice}
+    else:
+        if output.seg_logits is None or labels is None:
+            raise ValueError("segmenter loss needs a model that segments and label maps")
+        weights = {"focal": loss_cfg.pretrain_focal, "dice": loss_cfg.pretrain_dice}
+    if output.seg_logits is not None and labels is not None:
+        parts["focal"], parts["dice"] = segmentation_loss(output.seg_logits, labels, output.seg_grid)
+    parts["loss"] = sum(weights[name] * value for name, value in parts.items())
+    return parts

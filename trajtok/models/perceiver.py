@@ -1,0 +1,79 @@
+"""Perceiver: a few latents read a long flattened feature map through cross-attention.
+
+Both the segmenter (K queries over all pixels) and the trajectory encoder (n tokens per trajectory over its
+own pixels) are Perceivers; they differ only in their latents and masks. The context (up to 50k pixels per
+clip at paper scale) is normalised and projected to keys and values once per Perceiver and shared by its
+blocks, as in the original Perceiver: that projection is the costliest step. Keys carry rotary phases of
+their (t, h, w) position, so a latent can prefer regions of space and time.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trajtok.models.attention import Attention, GatedMlp, multi_head_attention
+from trajtok.models.positions import Grid, RotaryEmbedding, apply_rotary
+
+
+class PerceiverBlock(nn.Module):
+    """Pre-norm: cross-attention to the shared keys/values, self-attention among latents, gated MLP."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm_cross = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, dim)
+        self.cross_proj = nn.Linear(dim, dim)
+        self.norm_self = nn.LayerNorm(dim)
+        self.self_attn = Attention(dim, heads)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = GatedMlp(dim)
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        cross_mask: torch.Tensor | None = None,
+        self_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        queries = self.to_q(self.norm_cross(latents))
+        latents = latents + self.cross_proj(
+            multi_head_attention(queries, keys, values, self.heads, cross_mask)
+        )
+        latents = latents + self.self_attn(self.norm_self(latents), mask=self_mask)
+        return latents + self.mlp(self.norm_mlp(latents))
+
+
+class Perceiver(nn.Module):
+    """`depth` Perceiver blocks and a final norm over latents (B, L, D) and a context (B, T*h*w, D)."""
+
+    def __init__(self, dim: int, depth: int, heads: int, rotary: str = "1d"):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.rotary = RotaryEmbedding(dim // heads, rotary)
+        self.norm_context = nn.LayerNorm(dim)
+        self.to_kv = nn.Linear(dim, 2 * dim)
+        self.blocks = nn.ModuleList(PerceiverBlock(dim, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        context: torch.Tensor,
+        grid: Grid,
+        cross_mask: torch.Tensor | None = None,
+        self_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Masks are boolean, True = may attend: cross (B, L, T*h*w), self (B or 1, L, L)."""
+        batch, length, dim = context.shape
+        keys, values = self.to_kv(self.norm_context(context)).chunk(2, dim=-1)
+        cos, sin = self.rotary(grid, context.device)
+        keys = keys.reshape(batch, length, self.heads, dim // self.heads)
+        keys = apply_rotary(keys, cos[:, None], sin[:, None]).reshape(batch, length, dim)
+        for block in self.blocks:
+            latents = block(latents, keys, values, cross_mask, self_mask)
+        return self.norm(latents)

@@ -1,0 +1,140 @@
+"""The model registry: one name per model, the same in configs, training, evaluation and checkpoints.
+
+`build_model(model_cfg, clip_cfg)` is the only way jobs make a model. What each name gives:
+
+`trajvit2` and `vit3d` (a `VideoTextModel`; the same transformer, heads and text tower, different tokenizer)
+    model(frames, text_tokens=None, text_mask=None) -> ModelOutput
+      frames: (B, T, 3, H, W) float, ImageNet-normalised; images are T = 1. H, W multiples of 4 (vit3d: 16).
+      text_tokens, text_mask: (B, L) long and bool, both or neither, from
+        `build_tokenizer(model.text_tokenizer).encode_batch(captions, model.text_max_len)` (models/text.py).
+      -> video_embedding, text_embedding (B, E) normalised; logit_scale (); token_mask (B, L_video) bool;
+         num_tokens (B,); seg_logits (B, T*h*w, K) with seg_grid (T, h, w), h = H//4 (None for vit3d).
+    model.encode_video(frames) -> (B, E); model.encode_text(text_tokens, text_mask) -> (B, E).
+    TrajViT2 makes n tokens per trajectory: in training mode drawn per step from the config's
+    model.tokens_per_trajectory, in eval mode model.eval_tokens_per_trajectory (settable afterwards as
+    `model.tokenizer.encoder.eval_tokens_per_trajectory`).
+`segmenter` (backbone + segmenter, for segmenter pre-training and as a pseudo-labeler)
+    model(frames) -> ModelOutput with seg_logits, seg_grid, token_mask = non-empty trajectories (B, K).
+    Its state dict loads into a TrajViT2's `tokenizer.segmenter`.
+`trajadapter` (probing head)
+    model(features (B, T, h, w, C = model.adapter_feature_dim)) -> ModelOutput with class_logits (B, classes),
+    seg_logits, seg_grid, token_mask, num_tokens.
+
+Losses for all of them: `trajtok.losses.total_loss(output, labels, loss_cfg, mode)`. Every model has
+`parts() -> {name: module}` (parameter counts, per-part learning rates) and `registry_name`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from trajtok.config import ClipConfig, ModelConfig
+from trajtok.errors import ConfigError
+from trajtok.models.backbone import ConvNeXtBackbone
+from trajtok.models.clip_model import VideoTextModel
+from trajtok.models.segmenter import Segmenter, VideoSegmenter
+from trajtok.models.sizes import TRANSFORMER_SIZES, ModelSize, resolve_size
+from trajtok.models.text import build_text_tower, build_tokenizer
+from trajtok.models.trajadapter import TrajAdapter
+from trajtok.models.trajectory_encoder import MAX_TOKENS_PER_TRAJECTORY, TrajectoryEncoder
+from trajtok.models.trajvit2 import TrajectoryTokenizer
+from trajtok.models.transformer import Transformer
+from trajtok.models.vit3d import TUBELET, TubeletTokenizer
+
+
+def _size(cfg: ModelConfig) -> ModelSize:
+    return resolve_size(cfg.size, cfg.num_queries, cfg.embed_dim, cfg.transformer)
+
+
+def _segmenter_head(cfg: ModelConfig, size: ModelSize) -> Segmenter:
+    return Segmenter(
+        size.feature_dim, size.num_queries, size.segmenter_depth, size.perceiver_heads, cfg.rotary
+    )
+
+
+def _video_segmenter(cfg: ModelConfig, size: ModelSize) -> VideoSegmenter:
+    backbone = ConvNeXtBackbone(size.stage_widths, size.stage_depths, size.feature_dim)
+    if cfg.backbone_weights:
+        backbone.load_convnext_weights(cfg.backbone_weights)
+    return VideoSegmenter(backbone, _segmenter_head(cfg, size))
+
+
+def _trajectory_encoder(cfg: ModelConfig, size: ModelSize) -> TrajectoryEncoder:
+    return TrajectoryEncoder(
+        size.feature_dim,
+        size.encoder_depth,
+        size.perceiver_heads,
+        cfg.rotary,
+        train_tokens_per_trajectory=tuple(cfg.tokens_per_trajectory),
+        eval_tokens_per_trajectory=cfg.eval_tokens_per_trajectory,
+    )
+
+
+def _video_text_model(cfg: ModelConfig, size: ModelSize, tokenizer: nn.Module) -> VideoTextModel:
+    text_tower = build_text_tower(
+        cfg.text_tokenizer, build_tokenizer(cfg.text_tokenizer), cfg.text_max_len, size.text
+    )
+    return VideoTextModel(
+        tokenizer, Transformer(TRANSFORMER_SIZES[size.transformer]), text_tower, size.embed_dim
+    )
+
+
+def _trajvit2(cfg: ModelConfig, size: ModelSize) -> nn.Module:
+    width = TRANSFORMER_SIZES[size.transformer].width
+    tokenizer = TrajectoryTokenizer(_video_segmenter(cfg, size), _trajectory_encoder(cfg, size), width)
+    return _video_text_model(cfg, size, tokenizer)
+
+
+def _vit3d(cfg: ModelConfig, size: ModelSize) -> nn.Module:
+    return _video_text_model(cfg, size, TubeletTokenizer(TRANSFORMER_SIZES[size.transformer].width))
+
+
+def _segmenter(cfg: ModelConfig, size: ModelSize) -> nn.Module:
+    return _video_segmenter(cfg, size)
+
+
+def _trajadapter(cfg: ModelConfig, size: ModelSize) -> nn.Module:
+    if cfg.num_classes <= 0 or cfg.adapter_feature_dim <= 0:
+        raise ConfigError("model.num_classes and model.adapter_feature_dim must be > 0 for trajadapter")
+    return TrajAdapter(
+        cfg.adapter_feature_dim,
+        size.feature_dim,
+        _segmenter_head(cfg, size),
+        _trajectory_encoder(cfg, size),
+        size.perceiver_heads,
+        cfg.num_classes,
+    )
+
+
+MODELS: dict[str, Callable[[ModelConfig, ModelSize], nn.Module]] = {
+    "trajvit2": _trajvit2,
+    "vit3d": _vit3d,
+    "segmenter": _segmenter,
+    "trajadapter": _trajadapter,
+}
+
+
+def _check(cfg: ModelConfig, clip_cfg: ClipConfig) -> None:
+    if cfg.name not in MODELS:
+        raise ConfigError(f"model.name '{cfg.name}': unknown model; choose one of {', '.join(MODELS)}")
+    counts = [*cfg.tokens_per_trajectory, cfg.eval_tokens_per_trajectory]
+    if not cfg.tokens_per_trajectory or not all(1 <= n <= MAX_TOKENS_PER_TRAJECTORY for n in counts):
+        raise ConfigError(
+            f"model.tokens_per_trajectory {cfg.tokens_per_trajectory} / eval_tokens_per_trajectory "
+            f"{cfg.eval_tokens_per_trajectory}: each must be in 1..{MAX_TOKENS_PER_TRAJECTORY}"
+        )
+    if cfg.rotary not in ("1d", "3d"):
+        raise ConfigError(f"model.rotary '{cfg.rotary}': expected 1d or 3d")
+    multiple = TUBELET[1] if cfg.name == "vit3d" else 4
+    if cfg.name != "trajadapter" and clip_cfg.size % multiple:
+        raise ConfigError(f"clip.size {clip_cfg.size}: {cfg.name} needs a multiple of {multiple}")
+
+
+def build_model(model_cfg: ModelConfig, clip_cfg: ClipConfig) -> nn.Module:
+    """A freshly initialised model (with local backbone weights if configured); see the module docstring."""
+    _check(model_cfg, clip_cfg)
+    model = MODELS[model_cfg.name](model_cfg, _size(model_cfg))
+    model.registry_name = model_cfg.name
+    return model

@@ -1,0 +1,69 @@
+"""Trajectory encoder: n tokens per trajectory, each seeing only its own trajectory's pixels.
+
+Tokens start from the soft-mask-weighted mean of the features: that mean is the one differentiable path
+from the downstream (contrastive) loss back into the segmenter, which is how the video objective shapes
+the grouping. A Perceiver then refines them with cross-attention masked by the hard assignment (a token
+reads only its trajectory's pixels) and self-attention masked to the trajectory's own sub-tokens, so
+tokens of different trajectories never mix here and empty trajectories affect nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trajtok.models.perceiver import Perceiver
+from trajtok.models.positions import fourier_features, sincos_3d
+from trajtok.models.segmenter import Segmentation
+
+MAX_TOKENS_PER_TRAJECTORY = 4
+
+
+class TrajectoryEncoder(nn.Module):
+    """(features (B, T*h*w, D), Segmentation) -> tokens (B, K*n, D) and their validity mask (B, K*n)."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        rotary: str = "1d",
+        train_tokens_per_trajectory: tuple[int, ...] = (1, 2, 4),
+        eval_tokens_per_trajectory: int = 1,
+    ):
+        super().__init__()
+        for n in (*train_tokens_per_trajectory, eval_tokens_per_trajectory):
+            if not 1 <= n <= MAX_TOKENS_PER_TRAJECTORY:
+                raise ValueError(f"tokens per trajectory must be in 1..{MAX_TOKENS_PER_TRAJECTORY}, got {n}")
+        self.train_tokens_per_trajectory = tuple(train_tokens_per_trajectory)
+        self.eval_tokens_per_trajectory = eval_tokens_per_trajectory
+        self.sub_tokens = nn.Parameter(fourier_features(MAX_TOKENS_PER_TRAJECTORY, dim))
+        self.perceiver = Perceiver(dim, depth, heads, rotary)
+
+    def tokens_per_trajectory(self) -> int:
+        """n for this forward: drawn per step in training (a model robust to every n), fixed at inference."""
+        if not self.training:
+            return self.eval_tokens_per_trajectory
+        choices = self.train_tokens_per_trajectory
+        return choices[int(torch.randint(len(choices), ()))]
+
+    def forward(
+        self, features: torch.Tensor, segmentation: Segmentation
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.tokens_per_trajectory()
+        batch, _, dim = features.shape
+        num_trajectories = segmentation.soft.shape[-1]
+        # rotary keys only steer where a token looks; position added to the values is what lets a token
+        # carry where and when its trajectory is
+        context = features + sincos_3d(segmentation.grid, dim, features.device).to(features.dtype)
+
+        weights = segmentation.soft.transpose(1, 2)  # (B, K, N)
+        mass = weights.sum(dim=-1, keepdim=True).clamp_min(1e-6)
+        means = (weights @ context) / mass  # (B, K, D)
+        tokens = (means[:, :, None, :] + self.sub_tokens[:n]).reshape(batch, num_trajectories * n, dim)
+
+        owner = torch.arange(num_trajectories, device=features.device).repeat_interleave(n)  # (K*n,)
+        cross_mask = segmentation.hard[:, None, :] == owner[None, :, None]  # (B, K*n, N)
+        self_mask = (owner[:, None] == owner[None, :])[None]  # (1, K*n, K*n)
+        tokens = self.perceiver(tokens, context, segmentation.grid, cross_mask, self_mask)
+        return tokens, segmentation.present.repeat_interleave(n, dim=1)
