@@ -1,0 +1,225 @@
+"""`trajtok shard`: a manifest of videos and captions -> labelled WebDataset shards, on Ray.
+
+The driver reads and plans (cheap, no decoding), decides which shards are already done, starts the
+workers, shows progress and writes `summary.json`. Reruns are safe: a shard whose stats exist and match
+the settings is kept as it is; a shard written with other settings stops the job unless
+`pipeline.overwrite=true`; anything else is (re)done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from tqdm import tqdm
+
+from pipeline.accounting import SKIPPED, RowOutcome, ShardStats, summarize
+from pipeline.dispatch import run_shards
+from pipeline.outputs import SUMMARY_NAME, OutputDir
+from pipeline.plan import ShardPlan, plan_shards, rows_per_shard
+from pipeline.worker import ShardContext, start_worker
+from pseudolabel.base import labeler_from_config
+from trajtok.config import JobConfig, RayConfig, to_dict
+from trajtok.data.manifest import Manifest, ManifestRow, read_manifest
+from trajtok.data.sample import FRAME_FORMATS, SCHEMA_VERSION
+from trajtok.errors import ConfigError
+
+STATS_SUFFIX = ".stats.json"
+
+
+@dataclass
+class ResumeState:
+    """Which planned shards are finished (their stats), which must be (re)done, and what is in the way."""
+
+    done: list[ShardStats]
+    todo: list[ShardPlan]
+    conflicts: list[str]  # stats names written with other settings, another manifest, or outside the plan
+
+
+def run_shard_job(cfg: JobConfig) -> dict[str, Any]:
+    """Run (or resume) the job `cfg` describes; returns the summary also written to `OUT/summary.json`."""
+    check_config(cfg)
+    started = time.monotonic()
+    out = _output_dir(cfg.pipeline.out)
+    manifest = read_manifest(cfg.data.manifest, strict=False)
+    rows, rejected = _usable_rows(manifest)
+    per_shard = rows_per_shard(cfg.pipeline.clips_per_shard, cfg.clip.clips_per_video)
+    plans = plan_shards(rows, per_shard, _fingerprint)
+    settings = settings_digest(cfg)
+    state = resume_state(out, plans, settings)
+    if state.conflicts:
+        if not cfg.pipeline.overwrite:
+            raise ConfigError(
+                f"pipeline.out={out.url}: {len(state.conflicts)} finished shard(s) were written with other "
+                f"clip/labeler settings or from another manifest (e.g. {state.conflicts[0]}); rerun with "
+                "pipeline.overwrite=true to rewrite them, or choose another pipeline.out"
+            )
+        _remove_conflicts(out, state.conflicts)
+    ctx = ShardContext(cfg, out, settings)
+    estimate = {plan.name: len(plan.rows) * cfg.clip.clips_per_video for plan in state.todo}
+    with ray_session(cfg.ray), _progress_bar(sum(estimate.values())) as bar:
+
+        def on_progress(clips: int, finished: ShardStats | None) -> None:
+            if finished is not None:
+                bar.total += finished.clips - estimate[finished.shard]
+            bar.update(clips - bar.n)
+
+        result = run_shards(
+            state.todo,
+            lambda: start_worker(ctx, cfg.pipeline.label_gpus),
+            workers=cfg.pipeline.label_actors,
+            stall_timeout=cfg.pipeline.stall_timeout,
+            max_attempts=cfg.pipeline.max_attempts,
+            on_progress=on_progress,
+        )
+    summary = summarize(state.done + result.stats, rejected + result.lost, manifest.source, manifest.total)
+    seconds = time.monotonic() - started
+    clips_now = sum(s.clips for s in result.stats)
+    summary["run"] = {
+        "shards_planned": len(plans),
+        "shards_already_done": len(state.done),
+        "shards_written": len(result.stats),
+        "shards_given_up": len(state.todo) - len(result.stats),
+        "worker_restarts": result.worker_restarts,
+        "clips": clips_now,
+        "seconds": round(seconds, 2),
+        "clips_per_second": round(clips_now / seconds, 3) if seconds > 0 else 0.0,
+    }
+    out.write_json(SUMMARY_NAME, summary)
+    return summary
+
+
+def check_config(cfg: JobConfig) -> None:
+    """Refuse, before any work, settings the job cannot run with; the message names the key."""
+    p, c = cfg.pipeline, cfg.clip
+    checks = {
+        "data.manifest": (bool(cfg.data.manifest), "must name the manifest to shard (manifest=...)"),
+        "pipeline.out": (bool(p.out), "must name the output folder (out=...)"),
+        "pipeline.clips_per_shard": (p.clips_per_shard >= 1, "must be at least 1"),
+        "pipeline.label_actors": (p.label_actors >= 1, "must be at least 1"),
+        "pipeline.label_gpus": (p.label_gpus >= 0, "must not be negative"),
+        "pipeline.decode_timeout": (p.decode_timeout > 0, "must be positive"),
+        "pipeline.stall_timeout": (p.stall_timeout > 0, "must be positive"),
+        "pipeline.max_attempts": (p.max_attempts >= 1, "must be at least 1"),
+        "pipeline.frame_format": (p.frame_format in FRAME_FORMATS, f"must be one of {FRAME_FORMATS}"),
+        "clip.frames": (c.frames >= 1, "must be at least 1"),
+        "clip.size": (c.size >= 2, "must be at least 2"),
+        "clip.seconds": (c.seconds >= 0, "must not be negative"),
+        "clip.clips_per_video": (c.clips_per_video >= 1, "must be at least 1"),
+        "clip.sampling": (c.sampling in ("middle", "random"), "must be middle or random"),
+    }
+    for key, (ok, problem) in checks.items():
+        if not ok:
+            group, name = key.split(".")
+            raise ConfigError(f"{key}={getattr(getattr(cfg, group), name)!r}: {problem}")
+
+
+def settings_digest(cfg: JobConfig) -> str:
+    """Digest of every setting that changes a shard's bytes: clip policy, labeler and version, format.
+
+    Builds the labeler once in the driver, so an unknown name or bad parameters stop the job here.
+    """
+    labeler = labeler_from_config(cfg.pseudolabel).describe() if cfg.pipeline.label else None
+    settings = {
+        "clip": to_dict(cfg.clip),
+        "labeler": labeler,
+        "frame_format": cfg.pipeline.frame_format,
+        "schema_version": SCHEMA_VERSION,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def resume_state(out: OutputDir, plans: list[ShardPlan], settings: str) -> ResumeState:
+    """Split the plan into finished and pending shards by the stats found in `out`."""
+    names = set(out.names())
+    planned = {f"{plan.name}{STATS_SUFFIX}": plan for plan in plans}
+    state = ResumeState([], [], [n for n in sorted(names) if n.endswith(STATS_SUFFIX) and n not in planned])
+    for stats_name, plan in planned.items():
+        if stats_name not in names:
+            state.todo.append(plan)
+            continue
+        stats = _read_stats(out, stats_name)
+        if stats is None:  # unreadable: as if absent
+            state.todo.append(plan)
+        elif stats.settings_digest == settings and stats.plan_digest == plan.digest:
+            state.done.append(stats)
+        else:
+            state.conflicts.append(stats_name)
+            state.todo.append(plan)
+    return state
+
+
+def _read_stats(out: OutputDir, name: str) -> ShardStats | None:
+    try:
+        return ShardStats.from_json(out.read_json(name))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remove_conflicts(out: OutputDir, stats_names: list[str]) -> None:
+    """Stats first: from here on the shard counts as not done, whatever happens to its tar."""
+    for stats_name in stats_names:
+        out.remove(stats_name)
+        out.remove(stats_name.removesuffix(STATS_SUFFIX) + ".tar")
+
+
+def _output_dir(url: str) -> OutputDir:
+    try:
+        out = OutputDir(url)
+        out.make()
+    except (OSError, ValueError, ImportError) as err:
+        raise ConfigError(f"pipeline.out={url}: cannot write there ({err})") from None
+    return out
+
+
+def _usable_rows(manifest: Manifest) -> tuple[list[ManifestRow], list[RowOutcome]]:
+    """Good rows, and skipped outcomes for malformed rows and repeats of an earlier row's video and window."""
+    rejected = [RowOutcome(p.line, "", SKIPPED, _problem_reason(p.reason)) for p in manifest.problems]
+    rows, first_line = [], {}
+    for row in manifest.rows:
+        identity = (row.path, row.start, row.end)
+        if identity in first_line:
+            reason = f"duplicate: same video and window as line {first_line[identity]}"
+            rejected.append(RowOutcome(row.line, row.path, SKIPPED, reason))
+            continue
+        first_line[identity] = row.line
+        rows.append(row)
+    return rows, rejected
+
+
+def _problem_reason(reason: str) -> str:
+    kind = "bad caption" if "caption" in reason else "bad row"
+    return f"{kind}: {reason}"
+
+
+def _fingerprint(row: ManifestRow) -> list[Any]:
+    return [row.line, row.path, row.captions, row.start, row.end, row.id, row.extra]
+
+
+@contextmanager
+def ray_session(cfg: RayConfig) -> Iterator[None]:
+    """Join the cluster at `ray.address`, or start a local Ray; reuse a connection that already exists."""
+    if ray.is_initialized():
+        yield
+        return
+    if cfg.address:
+        ray.init(address=cfg.address, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=cfg.num_cpus or None, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextmanager
+def _progress_bar(total: int) -> Iterator[tqdm]:
+    with tqdm(total=total, desc="shard", unit="clip", dynamic_ncols=True, mininterval=1.0) as bar:
+        yield bar

@@ -1,0 +1,149 @@
+"""The shard worker: a Ray actor that turns whole shards of manifest rows into WebDataset tars.
+
+One actor per worker slot holds the labeler (loaded once, on the GPU when it asks for one) and does all
+of a shard inside itself: decode, sample, label, encode, write. Frames never leave it; it returns only
+the shard's stats. A row is all or nothing: its clips are written after every one of them is ready, so
+a row is either written (with its sample keys), skipped (bad input, with the reason) or failed (an
+unexpected error, with the message).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import ray
+import torch
+from webdataset import TarWriter
+
+from pipeline.accounting import FAILED, SKIPPED, WRITTEN, RowOutcome, ShardStats
+from pipeline.clips import Clip, TooShort, read_clips
+from pipeline.dispatch import WorkerStatus
+from pipeline.outputs import OutputDir
+from pipeline.plan import ShardPlan
+from pseudolabel.base import Labeler, labeler_from_config
+from trajtok.config import JobConfig
+from trajtok.data.manifest import ManifestRow
+from trajtok.data.sample import build_sample
+from trajtok.errors import TrajTokError
+
+TAR_MTIME = 0.0  # fixed member times: a shard's bytes depend on its samples only
+
+
+@dataclass
+class ShardContext:
+    """What every worker of a job shares: the config, where to write, and the digest of the settings."""
+
+    cfg: JobConfig
+    out: OutputDir
+    settings_digest: str
+
+
+class ShardWorker:
+    """Processes one shard at a time (`process`) and answers `status` while it does."""
+
+    def __init__(self, ctx: ShardContext, threads: int = 1) -> None:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+        self.ctx = ctx
+        self.labeler: Labeler | None = None
+        if ctx.cfg.pipeline.label:
+            self.labeler = labeler_from_config(ctx.cfg.pseudolabel)
+        self._status = WorkerStatus()
+
+    @ray.method(concurrency_group="status")
+    def status(self) -> WorkerStatus:
+        return self._status
+
+    def process(self, plan: ShardPlan[ManifestRow], abandoned: dict[int, str]) -> ShardStats:
+        """Write the shard's tar, then its stats (the completion marker); `abandoned` rows fail as given."""
+        started = time.monotonic()
+        out, name = self.ctx.out, plan.name
+        out.remove_leftovers(f"{name}.tar")
+        stats = ShardStats(name, self.ctx.settings_digest, plan.digest, rows=[])
+        self._status = WorkerStatus()
+        with out.atomic_writer(f"{name}.tar") as f:
+            writer = TarWriter(f, encoder=False, mtime=TAR_MTIME)
+            for row in plan.rows:
+                self._status = WorkerStatus(row.line, stats.clips, len(stats.rows))
+                if row.line in abandoned:
+                    stats.rows.append(RowOutcome(row.line, row.path, FAILED, abandoned[row.line]))
+                    continue
+                outcome, samples = self._row(row)
+                for sample, clip, trajectories in samples:
+                    stats.bytes += writer.write(sample)
+                    stats.clips += 1
+                    stats.frames += len(clip.frames)
+                    stats.trajectories += trajectories
+                stats.rows.append(outcome)
+            writer.close()
+        stats.seconds = round(time.monotonic() - started, 3)
+        out.write_json(f"{name}.stats.json", stats.to_json())
+        self._status = WorkerStatus(-1, stats.clips, len(stats.rows))
+        return stats
+
+    def _row(self, row: ManifestRow) -> tuple[RowOutcome, list[tuple[dict[str, Any], Clip, int]]]:
+        """All samples of one row, or none and the reason."""
+        try:
+            samples = list(self._samples(row))
+        except TrajTokError as err:
+            return RowOutcome(row.line, row.path, SKIPPED, skip_reason(err)), []
+        except Exception as err:  # a bug or a labeler crash: recorded against the row, the shard goes on
+            return RowOutcome(row.line, row.path, FAILED, f"{type(err).__name__}: {err}"), []
+        return RowOutcome(row.line, row.path, WRITTEN, keys=[s["__key__"] for s, _, _ in samples]), samples
+
+    def _samples(self, row: ManifestRow) -> Iterator[tuple[dict[str, Any], Clip, int]]:
+        cfg = self.ctx.cfg
+        for clip in read_clips(row.path, row.start, row.end, cfg.clip, cfg.pipeline.decode_timeout):
+            labels, trajectories = None, 0
+            if self.labeler is not None:
+                result = self.labeler.label(clip.frames, clip.timestamps, row.path)
+                labels, trajectories = result.labels, result.num_trajectories
+            sample = build_sample(
+                clip.frames,
+                labels,
+                source=row.path,
+                clip_index=clip.index,
+                clip_start=clip.start,
+                clip_end=clip.end,
+                timestamps=clip.timestamps,
+                captions=row.captions,
+                source_fps=clip.info.fps if clip.info.fps > 0 else None,
+                source_width=clip.info.width,
+                source_height=clip.info.height,
+                labeler=None if self.labeler is None else self.labeler.describe(),
+                frame_format=cfg.pipeline.frame_format,
+                extra=_extra(row),
+            )
+            self._status = WorkerStatus(row.line, self._status.clips + 1, self._status.rows_done)
+            yield sample, clip, trajectories
+
+
+def _extra(row: ManifestRow) -> dict[str, Any]:
+    """The row's id and other manifest columns, kept with the sample for tracing."""
+    return {**({"id": row.id} if row.id is not None else {}), **row.extra}
+
+
+def skip_reason(err: TrajTokError) -> str:
+    """'<kind>: <message>' where kind is what the summary counts (missing file, too short, ...)."""
+    text = str(err)
+    if isinstance(err, TooShort):
+        kind = "too short"
+    elif "no such file" in text:
+        kind = "missing file"
+    elif "no video stream" in text:
+        kind = "no video stream"
+    elif "timed out" in text:
+        kind = "decode timeout"
+    else:
+        kind = "undecodable"
+    return f"{kind}: {text}"
+
+
+def start_worker(ctx: ShardContext, num_gpus: float) -> Any:
+    """A new worker actor: one CPU, `num_gpus` GPUs, status answered beside the running shard."""
+    actor = ray.remote(concurrency_groups={"status": 1})(ShardWorker)
+    return actor.options(num_cpus=1, num_gpus=num_gpus).remote(ctx)
