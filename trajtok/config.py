@@ -115,7 +115,10 @@ class PipelineConfig:
     label_actors: int = 1
     label_gpus: float = 0.0  # GPUs per labelling actor
     decode_timeout: float = 60.0  # seconds before a hanging decode is abandoned
-    frame_format: str = "mp4"  # mp4 | jpg
+    frame_format: str = "mp4"  # mp4 | jpg | png
+    label: bool = True  # false: unlabelled samples (frames and metadata only)
+    stall_timeout: float = 600.0  # seconds without a finished clip before a worker is replaced, its row failed
+    max_attempts: int = 3  # tries of a shard whose worker fails with no row to blame
 
 
 @dataclass
