@@ -335,8 +335,20 @@ def test_trajvit_transposed_mask_is_a_clear_error(tmp_path):
         LabelFormatError, match=r"v_mask\.npz: mask is 64x40 but the frames are 40x64.*transposed"
     ):
         load_trajvit(mask_path, graph_path, frame_size=(40, 64))
-    with pytest.raises(LabelFormatError, match=r"mask is 40x64 but the frames are 48x64 \(HxW\)$"):
+    with pytest.raises(LabelFormatError, match=r"mask is 40x64, not the shape of the 48x64 \(HxW\) frames$"):
         convert_trajvit(masks, graph, frame_size=(48, 64))
+    with pytest.raises(LabelFormatError, match="saved transposed"):  # also at another resolution
+        convert_trajvit(transposed, graph, frame_size=(20, 32))
+
+
+def test_trajvit_masks_at_another_resolution_are_resized_to_the_frames():
+    masks, graph, truth = trajvit_pair(h=40, w=64)
+    full = convert_trajvit(masks, graph, overlap="unlabel").labels
+    half = convert_trajvit(masks, graph, frame_size=(20, 32), overlap="unlabel")
+    assert half.labels.shape == (3, 20, 32)
+    assert np.array_equal(half.labels, resize_labels(full, (20, 32)))
+    assert half.resolved_pixels == int(truth["overlap"].sum())  # counted at the stored resolution
+    assert convert_trajvit(masks, graph, frame_size=(90, 146)).labels.shape == (3, 90, 146)  # ~1% rounding
 
 
 @pytest.mark.parametrize(

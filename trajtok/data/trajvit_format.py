@@ -14,7 +14,7 @@ pixels are detected (their value is not in the graph's column for that frame) an
 on. A sum that happens to equal another valid id, or that wrapped past 255 in uint8, cannot be told
 from a real id; those pixels keep that id. Masks were also saved with H and W swapped for non-square
 videos; given the clip's frame size this is reported as a `LabelFormatError` (it cannot be seen for
-square frames).
+square frames), while masks stored at another resolution of the same picture are resized to the frames.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from trajtok.data.labels import MAX_TRAJECTORIES, relabel
+from trajtok.data.labels import MAX_TRAJECTORIES, relabel, resize_labels
 from trajtok.errors import LabelFormatError
 
 MASK_KEY = "arr_0"
@@ -43,7 +43,7 @@ class TrajViTLabels:
     labels: np.ndarray  # (T, H, W) uint16, ids 1..N in order of first appearance
     resolved_pixels: int  # pixels whose per-frame id was in no trajectory (summed overlaps)
     unknown_ids: tuple[int, ...]  # the per-frame values that were in no trajectory
-    empty_trajectories: int  # graph rows that own no pixel of the mask (dropped)
+    empty_trajectories: int  # graph rows that own no pixel of the result (dropped)
 
 
 def sidecar_paths(video: str | Path, version: str = "") -> tuple[Path, Path]:
@@ -82,7 +82,9 @@ def convert_trajvit(
     `graph` may be None only for an image mask (H, W) or (1, H, W): each segment is then a trajectory.
     `overlap` says what a pixel whose value is in no trajectory becomes: "nearest" takes the label of
     the nearest valid pixel of the same frame (overlaps lie where dilated masks meet, so this is one of
-    the overlapping trajectories, or unlabeled), "unlabel" sets it to 0.
+    the overlapping trajectories, or unlabeled), "unlabel" sets it to 0. `frame_size` (H, W) is the size
+    of the clip's frames: masks of the same aspect ratio at another resolution are resized to it
+    (nearest-exact, `resize_labels`), transposed or otherwise shaped masks are a `LabelFormatError`.
     """
     if overlap not in OVERLAP_POLICIES:
         raise ValueError(f"overlap must be one of {OVERLAP_POLICIES}, got {overlap!r}")
@@ -92,7 +94,7 @@ def convert_trajvit(
             raise LabelFormatError(f"{name}: a video mask of {masks.shape[0]} frames needs its _graph.npz")
         graph = np.unique(masks[masks > 0])[:, None]
     graph = _check_graph(graph, masks.shape[0], name)
-    _check_frame_size(masks, frame_size, name)
+    resize = _needs_resize(masks, frame_size, name)
 
     t = masks.shape[0]
     k = int(max(masks.max(initial=0), graph.max(initial=0))) + 1
@@ -109,7 +111,10 @@ def convert_trajvit(
     unknown_ids = tuple(int(v) for v in np.unique(masks[unknown]))
     if resolved:
         _resolve(mapped, unknown, overlap)
-    labels = relabel(mapped.astype(np.uint16))
+    labels = mapped.astype(np.uint16)
+    if resize:
+        labels = resize_labels(labels, frame_size)
+    labels = relabel(labels)
     empty = graph.shape[0] - int(labels.max(initial=0))
     return TrajViTLabels(labels, resolved, unknown_ids, empty)
 
@@ -176,15 +181,26 @@ def _check_graph(graph: np.ndarray, num_frames: int, name: str) -> np.ndarray:
     return graph.astype(np.int64, copy=False)
 
 
-def _check_frame_size(masks: np.ndarray, frame_size: tuple[int, int] | None, name: str) -> None:
+def _needs_resize(masks: np.ndarray, frame_size: tuple[int, int] | None, name: str) -> bool:
+    """Whether the masks must be resized to the frames; a transposed or differently shaped mask is an error.
+
+    Masks are often stored at the resolution the public pipeline ran at, while our frames have their own
+    short side: same aspect ratio (to a pixel or two of rounding) means same picture.
+    """
     if frame_size is None:
-        return
+        return False
     h, w = masks.shape[1:]
     fh, fw = frame_size
     if (h, w) == (fh, fw):
-        return
-    if (h, w) == (fw, fh):
+        return False
+
+    def same_aspect(a: int, b: int) -> bool:  # a mask a x b, scaled to the frames' height, is fw wide
+        return abs(b * fh / a - fw) <= max(2.0, 0.01 * fw)
+
+    if h != w and ((h, w) == (fw, fh) or (same_aspect(w, h) and not same_aspect(h, w))):
         raise LabelFormatError(
             f"{name}: mask is {h}x{w} but the frames are {fh}x{fw} (HxW): saved transposed"
         )
-    raise LabelFormatError(f"{name}: mask is {h}x{w} but the frames are {fh}x{fw} (HxW)")
+    if not same_aspect(h, w):
+        raise LabelFormatError(f"{name}: mask is {h}x{w}, not the shape of the {fh}x{fw} (HxW) frames")
+    return True
