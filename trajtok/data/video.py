@@ -2,8 +2,8 @@
 
 decord is tried first (fast random access); PyAV takes over where decord cannot open a file or gives frames
 of the wrong shape (16x16 H.264 comes back with 6 channels). Both backends report the *decodable* frame
-count, checked at open by decoding the last frame, so a container that declares frames it does not hold
-(tree.avi: 444 declared, 68 real) never yields an index that cannot be read.
+count: both index the packets the file really holds (not the container's claim: tree.avi declares 444
+frames and holds 68), and both decode the last frame at open, so every index they report can be read.
 
 Every decoder call runs in a daemon thread with a deadline. decord and PyAV release the GIL while they
 decode or block on I/O, so the caller regains control on time; the stuck thread cannot be killed and is
@@ -13,6 +13,7 @@ a process start and a copy of every frame on the happy path; a thread costs well
 
 from __future__ import annotations
 
+import atexit
 import bisect
 import contextlib
 import dataclasses
@@ -21,6 +22,7 @@ import os
 import stat
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ SamplingMode = Literal["middle", "random"]
 DEFAULT_TIMEOUT = 60.0
 
 logger = logging.getLogger(__name__)
+_abandoned: list[threading.Thread] = []  # decoder threads still running past their deadline
 
 # Failures reach the user as one VideoDecodeError line, not as ffmpeg log noise.
 decord.logging.set_level(decord.logging.QUIET)
@@ -92,9 +95,11 @@ class _DecordBackend:
             probe = self._reader.get_batch([0, count - 1]).asnumpy()
             starts = self._reader.get_frame_timestamp(np.arange(count))[:, 0].astype(np.float64)
             rate = float(self._reader.get_avg_fps())
-        except decord.DECORDError as err:
-            raise _Unreadable(_first_line(err)) from err
-        except RuntimeError as err:  # decord's "Error reading <file>..." for files ffmpeg cannot open
+            # A container that lost its index (an AVI cut short) flags every packet found by scanning as a
+            # keyframe, and decord then seeks to frames that need earlier ones. Intra-only video looks alike.
+            last_keys = self._reader.get_key_indices()[-2:]
+            self.trailing_keyframes = count > 1 and last_keys == [count - 2, count - 1]
+        except (decord.DECORDError, RuntimeError) as err:  # RuntimeError: decord's "Error reading <file>"
             raise _Unreadable(_first_line(err)) from err
         if probe.ndim != 4 or probe.shape[-1] != 3 or probe.dtype != np.uint8:
             raise _Unreadable(f"decord returned frames of shape {probe.shape} {probe.dtype}")
@@ -117,13 +122,18 @@ class _PyAVBackend:
 
     The last group of pictures is decoded at open and frames it lacks are dropped from the index, which
     makes the count right for truncated files. Reads seek to the keyframe before each wanted frame unless
-    decoding on from the current position is shorter.
+    decoding on from the current position is shorter. Where the container flags keyframes that do not
+    decode as such (an AVI cut short flags every packet after its index ends), the whole video is decoded
+    once at open to find the real ones; `keyframe_flags_lie` tells.
     """
 
     name = "pyav"
 
     def __init__(self, path: str):
+        self._path = path
         self._container = _open_container(path)
+        self._stream = self._container.streams.video[0]
+        self._damaged = False  # the decoder saw bad data; some (cinepak) never recover, even when flushed
         try:
             self._index()
         except BaseException:
@@ -131,11 +141,10 @@ class _PyAVBackend:
             raise
 
     def _index(self) -> None:
-        self._stream = self._container.streams.video[0]
         pts, keyframes = self._index_packets()
-        self._pts, self._keyframes = self._drop_undecodable_tail(pts, keyframes)
-        self._time_base = float(self._stream.time_base)
-        self.times = np.round((np.asarray(self._pts, dtype=np.float64) - self._pts[0]) * self._time_base, 6)
+        self._pts, self._keyframes = self._check_last_group(pts, keyframes)
+        seconds = (np.asarray(self._pts, dtype=np.float64) - self._pts[0]) * float(self._stream.time_base)
+        self.times = np.round(seconds, 6)
         rate = self._stream.average_rate or self._stream.guessed_rate
         self.frame_length = 1.0 / float(rate) if rate else _median_step(self.times)
         self._position: int | None = None  # pts of the last frame the decoder produced
@@ -145,9 +154,9 @@ class _PyAVBackend:
         pts, keyframes = set(), set()
         try:
             for packet in self._container.demux(self._stream):
-                stamp = packet.pts if packet.pts is not None else packet.dts
-                if packet.size == 0:
+                if packet.size == 0:  # the flush packet, or an AVI "repeat the last frame" entry
                     continue
+                stamp = packet.pts if packet.pts is not None else packet.dts
                 if stamp is None:
                     raise _Unreadable("video packets carry no timestamps (remux it into mp4 or mkv)")
                 pts.add(stamp)
@@ -161,27 +170,54 @@ class _PyAVBackend:
         keyframes.add(pts[0])  # the start is always a valid place to decode from
         return pts, sorted(keyframes)
 
-    def _drop_undecodable_tail(self, pts: list[int], keyframes: list[int]) -> tuple[list[int], list[int]]:
+    def _check_last_group(self, pts: list[int], keyframes: list[int]) -> tuple[list[int], list[int]]:
+        """Drop the frames of the last group of pictures that do not decode; check its keyframe flag."""
+        self.keyframe_flags_lie = False
         while keyframes:
             key = keyframes[-1]
-            decoded = {self._frame_pts(frame): frame for frame in self._decode_from(key)}
-            tail = [p for p in pts if p >= key and p in decoded]
+            decoded_as_key = {}
+            for frame in self._decode_from(key):
+                decoded_as_key[self._frame_pts(frame)] = frame.key_frame
+                self.width, self.height = frame.width, frame.height
+            if key != pts[0] and decoded_as_key.get(key) is False:
+                self.keyframe_flags_lie = True
+                return self._decode_all(pts[0])
+            tail = [p for p in pts if p >= key and p in decoded_as_key]
             if tail:
-                self.width, self.height = decoded[tail[0]].width, decoded[tail[0]].height
                 return [p for p in pts if p < key] + tail, keyframes
             keyframes.pop()
             pts = [p for p in pts if p < key]
         raise _Unreadable("no decodable video frames")
 
+    def _decode_all(self, start: int) -> tuple[list[int], list[int]]:
+        """Every frame that decodes and the real keyframes among them (slow: only for lying containers)."""
+        decoded, keyframes = set(), set()
+        for frame in self._decode_from(start):
+            stamp = self._frame_pts(frame)
+            decoded.add(stamp)
+            if frame.key_frame:
+                keyframes.add(stamp)
+            self.width, self.height = frame.width, frame.height
+        if not decoded:
+            raise _Unreadable("no decodable video frames")
+        decoded = sorted(decoded)
+        return decoded, sorted(keyframes | {decoded[0]})
+
     def _decode_from(self, key: int):
         """Frames from the keyframe at or before `key` onwards; damaged packets are skipped."""
+        if self._damaged:
+            self._container.close()
+            self._container = _open_container(self._path)
+            self._stream = self._container.streams.video[0]
+            self._damaged = False
         self._container.seek(key, stream=self._stream, backward=True)
+        self._stream.codec_context.flush_buffers()  # a decoder drained at the end refuses new packets
         try:
             for packet in self._container.demux(self._stream):
                 try:
                     yield from packet.decode()
                 except av.error.InvalidDataError:
-                    continue
+                    self._damaged = True
         except av.error.FFmpegError:
             return
 
@@ -438,10 +474,20 @@ def _open_backend(path: str, backend: Backend, label: str):
         # own error lines to stderr.
         _open_container(path).close()
         try:
-            return _DecordBackend(path)
+            fast = _DecordBackend(path)
         except _Unreadable as err:
             logger.debug("decord cannot read %s (%s); using PyAV", label, err)
-        return _PyAVBackend(path)
+            return _PyAVBackend(path)
+        if not fast.trailing_keyframes:
+            return fast
+        # Only decoding tells real keyframes from flags a damaged index put on every packet.
+        checked = _PyAVBackend(path)
+        if checked.keyframe_flags_lie:
+            logger.debug("%s flags frames as keyframes that are not; using PyAV", label)
+            fast.close()
+            return checked
+        checked.close()
+        return fast
     except _Unreadable as err:
         raise VideoDecodeError(f"{label}: {err}") from None
 
@@ -462,10 +508,23 @@ def _call_with_deadline(work: Callable[[], _T], timeout: float | None, label: st
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
+        _abandoned[:] = [thread for thread in _abandoned if thread.is_alive()] + [worker]
         raise _DecodeTimeout(f"{label}: decode timed out after {timeout:g}s")
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+@atexit.register
+def _let_abandoned_decodes_finish(grace: float = 5.0) -> None:
+    """Give decodes abandoned at their deadline a bounded time to end before the interpreter exits.
+
+    decord aborts the process ("pure virtual method called") if it is unloaded while one of its decodes
+    is still running; a decode blocked on I/O is safe to leave, so the wait is bounded.
+    """
+    deadline = time.monotonic() + grace
+    for worker in _abandoned:
+        worker.join(max(0.0, deadline - time.monotonic()))
 
 
 def _describe(source: VideoSource) -> str:
