@@ -1,0 +1,57 @@
+"""`trajtok model-info MODEL [key=value ...]`: parameters per part, forward GFLOPs, tokens per clip."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from trajtok.config import ModelConfig, load_config
+from trajtok.errors import ConfigError
+from trajtok.models.registry import MODELS
+
+SHORT_KEYS = {"frames": "clip.frames", "resolution": "clip.size"}
+MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "model-info",
+        help="parameters, forward GFLOPs and tokens per clip of a model (no weights, no compute)",
+        description="Builds MODEL on the meta device and reports its parameters per part, forward GFLOPs at "
+        "batch 1 (torch's flop counter) and video tokens per clip.",
+    )
+    parser.add_argument("model", choices=sorted(MODELS), help="registry name")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="size=tiny|small|base|paper, frames=16, resolution=224, any model field (num_queries=64) "
+        "or a dotted config key (model.transformer=L)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(func=run)
+
+
+def _config_override(item: str) -> str:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise ConfigError(f"override '{item}': expected key=value")
+    if "." in key:
+        return item
+    if key in SHORT_KEYS:
+        return f"{SHORT_KEYS[key]}={value}"
+    if key in MODEL_KEYS:
+        return f"model.{key}={value}"
+    raise ConfigError(
+        f"override '{item}': unknown key; use frames, resolution, a model field or a dotted key"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from trajtok.models.info import format_summary, model_summary
+
+    cfg = load_config(None, [f"model.name={args.model}", *map(_config_override, args.overrides)])
+    summary = model_summary(cfg.model, cfg.clip)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0

@@ -1,0 +1,87 @@
+"""What a model costs: parameters per part, forward FLOPs and tokens per clip (`trajtok model-info`).
+
+The model is built on the meta device, so even paper scale costs no memory and no compute: FLOPs come
+from torch's FlopCounterMode over shapes alone. That works because no forward has a data-dependent shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from trajtok.config import ClipConfig, ModelConfig
+from trajtok.models.clip_model import VideoTextModel
+from trajtok.models.registry import build_model
+from trajtok.models.sizes import resolve_size
+from trajtok.models.vit3d import TUBELET
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _gflops(run) -> float:
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops() / 1e9
+
+
+def _example_input(model_cfg: ModelConfig, clip_cfg: ClipConfig) -> tuple[torch.Tensor, str]:
+    frames, px = clip_cfg.frames, clip_cfg.size
+    if model_cfg.name == "trajadapter":  # a ViT-like feature map: one vector per 16x16 patch and frame
+        shape = (1, frames, px // TUBELET[1], px // TUBELET[2], model_cfg.adapter_feature_dim)
+        return torch.zeros(shape, device="meta"), "features " + "x".join(map(str, shape[1:]))
+    return torch.zeros(1, frames, 3, px, px, device="meta"), f"clip {frames}x{px}x{px}"
+
+
+def model_summary(model_cfg: ModelConfig, clip_cfg: ClipConfig) -> dict[str, Any]:
+    """Parameters per part, forward GFLOPs (batch 1) and video tokens per clip of the configured model."""
+    model_cfg = dataclasses.replace(model_cfg, backbone_weights="")  # weights change no count
+    with torch.device("meta"):
+        model = build_model(model_cfg, clip_cfg).eval()
+    parameters = {name: _count(part) for name, part in model.parts().items()}
+    parameters["total"] = _count(model)
+    example, input_name = _example_input(model_cfg, clip_cfg)
+    if isinstance(model, VideoTextModel):
+        ids = torch.zeros(1, model_cfg.text_max_len, dtype=torch.long, device="meta")
+        mask = torch.ones(1, model_cfg.text_max_len, dtype=torch.bool, device="meta")
+        gflops = {
+            "video": _gflops(lambda: model.encode_video(example)),
+            "text": _gflops(lambda: model.encode_text(ids, mask)),
+        }
+    else:
+        gflops = {"forward": _gflops(lambda: model(example))}
+    tokens = model(example).token_mask.shape[1]
+    if model_cfg.name == "vit3d":
+        token_note = f"{TUBELET[0]}x{TUBELET[1]}x{TUBELET[2]} tubelets"
+    else:
+        queries = resolve_size(model_cfg.size, model_cfg.num_queries).num_queries
+        per_trajectory = 1 if model_cfg.name == "segmenter" else model_cfg.eval_tokens_per_trajectory
+        token_note = (
+            f"at most: {queries} trajectories x {per_trajectory}; trajectories owning no pixel are dropped"
+        )
+    return {
+        "model": model_cfg.name,
+        "size": model_cfg.size,
+        "input": input_name,
+        "text_tokens": model_cfg.text_max_len if "text" in gflops else 0,
+        "parameters": parameters,
+        "gflops": gflops,
+        "tokens_per_clip": tokens,
+        "tokens_note": token_note,
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as an aligned plain-text table."""
+    rows = [(f"parameters: {name}", f"{count / 1e6:,.2f} M") for name, count in summary["parameters"].items()]
+    for name, value in summary["gflops"].items():
+        detail = f"{summary['text_tokens']} tokens, batch 1" if name == "text" else "batch 1"
+        rows.append((f"forward GFLOPs: {name} ({detail})", f"{value:,.1f}"))
+    rows.append(("video tokens per clip", f"{summary['tokens_per_clip']} ({summary['tokens_note']})"))
+    width = max(len(label) for label, _ in rows)
+    header = f"{summary['model']} (size {summary['size']}), {summary['input']}"
+    return "\n".join([header, *(f"  {label:<{width}}  {value}" for label, value in rows)])
