@@ -15,23 +15,26 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
 from tqdm import tqdm
 
-from pipeline.accounting import SKIPPED, RowOutcome, ShardStats, summarize
+from pipeline.accounting import FAILED, SKIPPED, RowOutcome, ShardStats, summarize
 from pipeline.dispatch import run_shards
-from pipeline.outputs import SUMMARY_NAME, OutputDir
+from pipeline.outputs import STATS_SUFFIX, SUMMARY_NAME, TAR_SUFFIX, OutputDir
 from pipeline.plan import ShardPlan, plan_shards, rows_per_shard
+from pipeline.shard_report import first_samples, picture
 from pipeline.worker import ShardContext, start_worker
 from pseudolabel.base import labeler_from_config
-from trajtok.config import JobConfig, RayConfig, to_dict
+from trajtok.config import JobConfig, RayConfig, save_config, to_dict
 from trajtok.data.manifest import Manifest, ManifestRow, read_manifest
 from trajtok.data.sample import FRAME_FORMATS, SCHEMA_VERSION
 from trajtok.errors import ConfigError
+from trajtok.tracking import NullTracker, start_tracker
 
-STATS_SUFFIX = ".stats.json"
+OVERLAY_SAMPLES = 4  # samples in the trajectory picture logged with the run
 
 
 @dataclass
@@ -44,9 +47,12 @@ class ResumeState:
 
 
 def run_shard_job(cfg: JobConfig) -> dict[str, Any]:
-    """Run (or resume) the job `cfg` describes; returns the summary also written to `OUT/summary.json`."""
+    """Run (or resume) the job `cfg` describes; returns the summary also written to `OUT/summary.json`.
+
+    The job is one MLflow run (unless `tracking.enabled=false`): the config as params, progress metrics
+    per finished shard, and the summary and a picture of a few samples' trajectories as artifacts.
+    """
     check_config(cfg)
-    started = time.monotonic()
     out = _output_dir(cfg.pipeline.out)
     manifest = read_manifest(cfg.data.manifest, strict=False)
     rows, rejected = _usable_rows(manifest)
@@ -62,38 +68,76 @@ def run_shard_job(cfg: JobConfig) -> dict[str, Any]:
                 "pipeline.overwrite=true to rewrite them, or choose another pipeline.out"
             )
         _remove_conflicts(out, state.conflicts)
+    run_dir = Path(cfg.run_dir)
+    save_config(cfg, run_dir)
     ctx = ShardContext(cfg, out, settings)
-    estimate = {plan.name: len(plan.rows) * cfg.clip.clips_per_video for plan in state.todo}
-    with ray_session(cfg.ray), _progress_bar(sum(estimate.values())) as bar:
-
-        def on_progress(clips: int, finished: ShardStats | None) -> None:
-            if finished is not None:
-                bar.total += finished.clips - estimate[finished.shard]
-            bar.update(clips - bar.n)
-
-        result = run_shards(
-            state.todo,
-            lambda: start_worker(ctx, cfg.pipeline.label_gpus),
-            workers=cfg.pipeline.label_actors,
-            stall_timeout=cfg.pipeline.stall_timeout,
-            max_attempts=cfg.pipeline.max_attempts,
-            on_progress=on_progress,
-        )
-    summary = summarize(state.done + result.stats, rejected + result.lost, manifest.source, manifest.total)
-    seconds = time.monotonic() - started
-    clips_now = sum(s.clips for s in result.stats)
-    summary["run"] = {
-        "shards_planned": len(plans),
-        "shards_already_done": len(state.done),
-        "shards_written": len(result.stats),
-        "shards_given_up": len(state.todo) - len(result.stats),
-        "worker_restarts": result.worker_restarts,
-        "clips": clips_now,
-        "seconds": round(seconds, 2),
-        "clips_per_second": round(clips_now / seconds, 3) if seconds > 0 else 0.0,
-    }
-    out.write_json(SUMMARY_NAME, summary)
+    with start_tracker(cfg, rank=0, run_dir=run_dir) as tracker:
+        with ray_session(cfg.ray), _Progress(state.todo, cfg.clip.clips_per_video, tracker) as progress:
+            result = run_shards(
+                state.todo,
+                lambda: start_worker(ctx, cfg.pipeline.label_gpus),
+                workers=cfg.pipeline.label_actors,
+                stall_timeout=cfg.pipeline.stall_timeout,
+                max_attempts=cfg.pipeline.max_attempts,
+                on_progress=progress.update,
+            )
+        stats, outcomes = state.done + result.stats, rejected + result.lost
+        summary = summarize(stats, outcomes, manifest.source, manifest.total)
+        summary["run"] = {
+            "shards_planned": len(plans),
+            "shards_already_done": len(state.done),
+            "shards_written": len(result.stats),
+            "shards_given_up": len(state.todo) - len(result.stats),
+            "worker_restarts": result.worker_restarts,
+            **progress.rates(),
+        }
+        out.write_json(SUMMARY_NAME, summary)
+        _track_result(tracker, summary, out, run_dir)
     return summary
+
+
+class _Progress:
+    """The driver's progress bar (clips done of the estimated total, clips/s, ETA) and per-shard metrics."""
+
+    def __init__(self, todo: list[ShardPlan], clips_per_video: int, tracker: NullTracker) -> None:
+        self.estimate = {plan.name: len(plan.rows) * clips_per_video for plan in todo}
+        self.tracker, self.shards, self.failures, self.bytes = tracker, 0, 0, 0
+        self.started = time.monotonic()
+        self.bar = tqdm(total=sum(self.estimate.values()), desc="shard", unit="clip", mininterval=1.0)
+
+    def update(self, clips: int, finished: ShardStats | None) -> None:
+        if finished is not None:
+            self.bar.total += finished.clips - self.estimate[finished.shard]
+            self.shards += 1
+            self.failures += sum(row.status == FAILED for row in finished.rows)
+            self.bytes += finished.bytes
+            metrics = {"clips": clips, "failures": self.failures, "bytes": self.bytes, **self.rates(clips)}
+            self.tracker.log_metrics({f"shard/{k}": v for k, v in metrics.items()}, step=self.shards)
+        self.bar.update(clips - self.bar.n)
+
+    def rates(self, clips: int | None = None) -> dict[str, float]:
+        clips = self.bar.n if clips is None else clips
+        seconds = time.monotonic() - self.started
+        rate = clips / seconds if seconds > 0 else 0.0
+        return {"clips_per_second": round(rate, 3), "seconds": round(seconds, 2)}
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.close()
+
+
+def _track_result(tracker: NullTracker, summary: dict[str, Any], out: OutputDir, run_dir: Path) -> None:
+    """Final counts as metrics; the summary (also kept in the run directory) and a picture as artifacts."""
+    counts = {k: summary[k] for k in ("rows", "written", "skipped", "failed", "clips", "bytes", "shards")}
+    tracker.log_metrics({f"summary/{k}": v for k, v in counts.items()}, step=0)
+    local = run_dir / SUMMARY_NAME
+    local.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    tracker.log_artifact(local)
+    samples = first_samples(out, OVERLAY_SAMPLES)
+    if samples:
+        tracker.log_image(picture(samples), "overlays.png")
 
 
 def check_config(cfg: JobConfig) -> None:
@@ -167,7 +211,7 @@ def _remove_conflicts(out: OutputDir, stats_names: list[str]) -> None:
     """Stats first: from here on the shard counts as not done, whatever happens to its tar."""
     for stats_name in stats_names:
         out.remove(stats_name)
-        out.remove(stats_name.removesuffix(STATS_SUFFIX) + ".tar")
+        out.remove(stats_name.removesuffix(STATS_SUFFIX) + TAR_SUFFIX)
 
 
 def _output_dir(url: str) -> OutputDir:
@@ -217,9 +261,3 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
-
-
-@contextmanager
-def _progress_bar(total: int) -> Iterator[tqdm]:
-    with tqdm(total=total, desc="shard", unit="clip", dynamic_ncols=True, mininterval=1.0) as bar:
-        yield bar

@@ -19,6 +19,8 @@ from typing import IO, Any
 import fsspec
 
 SUMMARY_NAME = "summary.json"
+TAR_SUFFIX = ".tar"
+STATS_SUFFIX = ".stats.json"  # `shard-000003.stats.json` beside `shard-000003.tar`: the completion marker
 _SHARD_PREFIX = "shard-"
 _TMP_MARK = ".tmp-"
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -104,8 +106,8 @@ class OutputDir:
         if self.exists(name):
             self._fs.rm(self.path(name))
 
-    def remove_leftovers(self, name: str) -> None:
-        """Delete temporary files of `name` left by a writer that was killed."""
+    def remove_leftovers(self, stem: str) -> None:
+        """Delete temporary files of `stem` (`shard-000003.tar.tmp-...`) left by a writer that was killed."""
         for other in self.names():
-            if other.startswith(name + _TMP_MARK):
+            if other.startswith(stem + ".") and _TMP_MARK in other:
                 self.remove(other)

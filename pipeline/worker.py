@@ -22,7 +22,7 @@ from webdataset import TarWriter
 from pipeline.accounting import FAILED, SKIPPED, WRITTEN, RowOutcome, ShardStats
 from pipeline.clips import Clip, TooShort, read_clips
 from pipeline.dispatch import WorkerStatus
-from pipeline.outputs import OutputDir
+from pipeline.outputs import STATS_SUFFIX, TAR_SUFFIX, OutputDir
 from pipeline.plan import ShardPlan
 from pseudolabel.base import Labeler, labeler_from_config
 from trajtok.config import JobConfig
@@ -62,10 +62,10 @@ class ShardWorker:
         """Write the shard's tar, then its stats (the completion marker); `abandoned` rows fail as given."""
         started = time.monotonic()
         out, name = self.ctx.out, plan.name
-        out.remove_leftovers(f"{name}.tar")
+        out.remove_leftovers(name)
         stats = ShardStats(name, self.ctx.settings_digest, plan.digest, rows=[])
         self._status = WorkerStatus()
-        with out.atomic_writer(f"{name}.tar") as f:
+        with out.atomic_writer(name + TAR_SUFFIX) as f:
             writer = TarWriter(f, encoder=False, mtime=TAR_MTIME)
             for row in plan.rows:
                 self._status = WorkerStatus(row.line, stats.clips, len(stats.rows))
@@ -81,7 +81,7 @@ class ShardWorker:
                 stats.rows.append(outcome)
             writer.close()
         stats.seconds = round(time.monotonic() - started, 3)
-        out.write_json(f"{name}.stats.json", stats.to_json())
+        out.write_json(name + STATS_SUFFIX, stats.to_json())
         self._status = WorkerStatus(-1, stats.clips, len(stats.rows))
         return stats
 
