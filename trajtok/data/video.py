@@ -250,6 +250,7 @@ class _PyAVBackend:
         self._container.close()
 
 
+_Decoder = _DecordBackend | _PyAVBackend
 _BACKENDS = {"decord": _DecordBackend, "pyav": _PyAVBackend}
 
 
@@ -269,14 +270,16 @@ def _open_container(path: str) -> av.container.InputContainer:
 class VideoReader:
     """An open video; many reads share one open file (the pipeline cuts several clips per video).
 
-    Frames come back as (N, H, W, 3) uint8 RGB. Timestamps are seconds from the first frame. Use it as a
-    context manager, or call `close()`.
+    Made by `open_video`. Frames come back as (N, H, W, 3) uint8 RGB; timestamps are seconds from the
+    first frame; `timeout` is the seconds each read may take (None: no limit). Use it as a context manager,
+    or call `close()`. One reader serves one thread at a time (decoders keep position state).
     """
 
-    def __init__(self, backend, info: VideoInfo, timeout: float | None, spill: str | None):
-        self._backend = backend
+    def __init__(self, backend: _Decoder, info: VideoInfo, timeout: float | None, spill: str | None):
+        self._backend: _Decoder | None = backend
+        self._times = backend.times
         self.info = info
-        self._timeout = timeout
+        self.timeout = timeout
         self._stuck = False
         self._cleanup = weakref.finalize(self, _remove_quietly, spill) if spill else None
 
@@ -300,7 +303,7 @@ class VideoReader:
 
     def timestamps(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Start times in seconds (from the first frame) of the frames at these indices."""
-        return self._backend.times[np.asarray(indices, dtype=np.int64)]
+        return self._times[np.asarray(indices, dtype=np.int64)]
 
     def index_at(self, seconds: float | Sequence[float] | np.ndarray) -> np.ndarray:
         """Index of the frame on screen at each time (seconds from the first frame)."""
@@ -309,7 +312,7 @@ class VideoReader:
             raise ValueError(
                 f"{self.info.source}: times must lie in [0, {self.info.duration:g}) s, got {seconds.tolist()}"
             )
-        return np.searchsorted(self._backend.times, seconds, side="right") - 1
+        return np.searchsorted(self._times, seconds, side="right") - 1
 
     def read_at(self, seconds: float | Sequence[float] | np.ndarray) -> np.ndarray:
         """Frames on screen at these times (seconds from the first frame)."""
@@ -336,7 +339,7 @@ class VideoReader:
         end = self.info.duration if end is None else end
         if end <= start:
             raise ValueError(f"{self.info.source}: clip end {end:g} s must come after its start {start:g} s")
-        first, stop = np.searchsorted(self._backend.times, [start, end], side="left")
+        first, stop = np.searchsorted(self._times, [start, end], side="left")
         if stop <= first:
             raise VideoDecodeError(
                 f"{self.info.source}: no frames in [{start:g}, {end:g}) s; the video lasts "
@@ -345,10 +348,12 @@ class VideoReader:
         return int(first), int(stop)
 
     def _guarded(self, work: Callable[[], _T]) -> _T:
+        if self._backend is None:
+            raise ValueError(f"{self.info.source}: the video is closed")
         if self._stuck:
             raise VideoDecodeError(f"{self.info.source}: an earlier decode timed out; reopen the video")
         try:
-            return _call_with_deadline(work, self._timeout, self.info.source)
+            return _call_with_deadline(work, self.timeout, self.info.source)
         except _Unreadable as err:
             raise VideoDecodeError(f"{self.info.source}: {err}") from None
         except _DecodeTimeout:
@@ -463,7 +468,7 @@ def _frame_at_or_after(seconds: float, fps: float) -> int:
     return int(np.ceil(seconds * fps - 1e-6))
 
 
-def _open_backend(path: str, backend: Backend, label: str):
+def _open_backend(path: str, backend: Backend, label: str) -> _Decoder:
     status = os.stat(path)
     if stat.S_ISREG(status.st_mode) and status.st_size == 0:
         raise VideoDecodeError(f"{label}: empty file")
