@@ -195,6 +195,15 @@ def test_trajvit2_and_vit3d_share_transformer_and_heads() -> None:
     }
 
 
+@pytest.mark.parametrize("name", ["trajvit2", "vit3d"])
+def test_the_transformer_runs_once_per_forward(name: str) -> None:
+    model = tiny(name)
+    calls = []
+    model.transformer.register_forward_hook(lambda *_: calls.append(1))
+    model(torch.randn(1, 2, 3, PX, PX), *captions(1))
+    assert len(calls) == 1  # the text tower has its own transformer instance
+
+
 def test_pretrained_segmenter_loads_into_trajvit2() -> None:
     segmenter, traj = tiny("segmenter"), tiny("trajvit2")
     traj.tokenizer.segmenter.load_state_dict(segmenter.state_dict())

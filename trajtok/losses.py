@@ -52,6 +52,7 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 def contrastive_loss(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE of normalised (B, E) embeddings; pair i of this rank is positive, all else not."""
     rank, _ = _world()
+    video, text = video.float(), text.float()  # bf16 logits at scale 100 lose the ranking between close pairs
     all_video, all_text = gather_with_grad(video), gather_with_grad(text)
     targets = torch.arange(video.shape[0], device=video.device) + rank * video.shape[0]
     video_to_text = logit_scale * video @ all_text.T
