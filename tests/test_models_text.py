@@ -7,6 +7,7 @@ import torch
 
 from trajtok.config import ClipConfig, ModelConfig
 from trajtok.errors import ConfigError
+from trajtok.models.info import model_summary
 from trajtok.models.registry import build_model
 from trajtok.models.text import HFTextTower, TextTower, build_tokenizer, train_bpe_tokenizer
 
@@ -87,5 +88,8 @@ def test_hugging_face_tokenizer_and_model_from_a_local_directory(tmp_path) -> No
     # padding is masked: the same caption padded further gives the same embedding
     longer_ids, longer_mask = tokenizer.encode_batch(["a red square", "two blue discs bounce"], max_len=12)
     assert torch.allclose(model.encode_text(longer_ids, longer_mask), embedding, atol=1e-5)
+    # shapes-only builds (model-info, checkpoint export) make the HF model on the meta device, without weights
+    summary = model_summary(ModelConfig(text_tokenizer=f"hf:{directory}"), ClipConfig(frames=2, size=32))
+    assert summary["parameters"]["text_tower"] == sum(p.numel() for p in model.text_tower.parameters())
     with pytest.raises(ConfigError, match="hf:"):
         build_model(ModelConfig(text_tokenizer=f"hf:{tmp_path}"), ClipConfig(size=32))

@@ -23,9 +23,15 @@ def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _gflops(run) -> float:
-    with FlopCounterMode(display=False) as counter:
-        run()
+def _gflops(run) -> float | None:
+    """GFLOPs of `run()` on meta tensors; None when it needs data (a Hugging Face text model's masks)."""
+    try:
+        with FlopCounterMode(display=False) as counter:
+            run()
+    except RuntimeError as err:
+        if "meta" not in str(err):
+            raise
+        return None
     return counter.get_total_flops() / 1e9
 
 
@@ -80,7 +86,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     rows = [(f"parameters: {name}", f"{count / 1e6:,.2f} M") for name, count in summary["parameters"].items()]
     for name, value in summary["gflops"].items():
         detail = f"{summary['text_tokens']} tokens, batch 1" if name == "text" else "batch 1"
-        rows.append((f"forward GFLOPs: {name} ({detail})", f"{value:,.1f}"))
+        shown = "n/a (needs real data)" if value is None else f"{value:,.1f}"
+        rows.append((f"forward GFLOPs: {name} ({detail})", shown))
     rows.append(("video tokens per clip", f"{summary['tokens_per_clip']} ({summary['tokens_note']})"))
     width = max(len(label) for label, _ in rows)
     header = f"{summary['model']} (size {summary['size']}), {summary['input']}"

@@ -138,11 +138,16 @@ class HFTextTower(nn.Module):
     def __init__(self, directory: str | Path):
         super().__init__()
         try:
-            from transformers import AutoModel
+            from transformers import AutoConfig, AutoModel
         except ImportError:
             raise ConfigError("model.text_tokenizer 'hf:...': needs the `transformers` package") from None
         try:
-            self.model = AutoModel.from_pretrained(str(directory), local_files_only=True)
+            if torch.empty(0).device.type == "meta":  # a shapes-only build (model-info, export): no weights
+                self.model = AutoModel.from_config(
+                    AutoConfig.from_pretrained(str(directory), local_files_only=True)
+                )
+            else:
+                self.model = AutoModel.from_pretrained(str(directory), local_files_only=True)
         except (OSError, ValueError) as err:
             raise ConfigError(f"model.text_tokenizer 'hf:{directory}': {str(err).splitlines()[0]}") from None
         self.width = self.model.config.hidden_size
