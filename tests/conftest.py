@@ -1,7 +1,8 @@
-"""Shared fixtures: the repository root and the real sample videos in ../shared/data/videos."""
+"""Shared fixtures: the repository root, the real sample videos in ../shared/data/videos, synthetic shards."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,66 @@ def shared_videos() -> Path:
     if not (SHARED_VIDEOS / "vtest.avi").is_file():
         pytest.fail(f"shared sample videos not found in {SHARED_VIDEOS}")
     return SHARED_VIDEOS
+
+
+@dataclass(frozen=True)
+class SyntheticShards:
+    """WebDataset shards of synthetic clips (`trajtok.data.synth`) written per the sample contract."""
+
+    directory: Path
+    pattern: str  # brace pattern of the video shards, as `data.shards` takes it
+    image_pattern: str  # brace pattern of the image (T = 1) shards
+    num_shards: int
+    clips_per_shard: int
+    frames: int
+
+
+def write_synthetic_shards(
+    directory: Path,
+    prefix: str,
+    num_shards: int,
+    per_shard: int,
+    frames: int,
+    height: int,
+    width: int,
+    seed: int,
+) -> str:
+    """Write `num_shards` tars of `per_shard` labelled synthetic clips each; returns their brace pattern."""
+    import webdataset as wds
+
+    from trajtok.data.sample import build_sample
+    from trajtok.data.synth import generate_clip
+
+    directory.mkdir(parents=True, exist_ok=True)
+    fps = 8.0
+    for shard in range(num_shards):
+        with wds.TarWriter(str(directory / f"{prefix}-{shard:06d}.tar")) as sink:
+            for i in range(per_shard):
+                index = shard * per_shard + i
+                clip = generate_clip(seed + index, max(frames, 2), height, width)  # an image: a first frame
+                sink.write(
+                    build_sample(
+                        clip.frames[:frames],
+                        clip.labels[:frames],
+                        source=f"synth/{prefix}/{index:05d}",
+                        clip_index=0,
+                        clip_start=0.0,
+                        clip_end=frames / fps,
+                        timestamps=[t / fps for t in range(frames)],
+                        captions=clip.caption,
+                        source_fps=None if frames == 1 else fps,
+                        source_width=width,
+                        source_height=height,
+                        labeler={"name": "synth", "version": "1", "params": {"seed": seed + index}},
+                    )
+                )
+    return str(directory / f"{prefix}-{{000000..{num_shards - 1:06d}}}.tar")
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(tmp_path_factory: pytest.TempPathFactory) -> SyntheticShards:
+    """8 shards of 4 labelled 8-frame 72x96 synthetic clips, and 2 shards of 4 images (T = 1)."""
+    directory = tmp_path_factory.mktemp("synthetic-shards")
+    pattern = write_synthetic_shards(directory, "video", 8, 4, frames=8, height=72, width=96, seed=0)
+    image_pattern = write_synthetic_shards(directory, "image", 2, 4, frames=1, height=72, width=96, seed=1000)
+    return SyntheticShards(directory, pattern, image_pattern, num_shards=8, clips_per_shard=4, frames=8)

@@ -32,6 +32,14 @@ class DataConfig:
     samples_per_epoch: int = 1024  # virtual epoch over resampled shards
     image_ratio: float = 0.0  # fraction of image (T=1) samples mixed into video batches
     shuffle_buffer: int = 256
+    image_shards: str = ""  # shards holding the image (T=1) samples for image_ratio; "" = the same `shards`
+    crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])  # random resized crop: area fraction
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])  # and aspect ratio range
+    flip: float = 0.5  # probability of a horizontal flip (frames and labels together)
+    jitter: float = 0.8  # probability of colour jitter (frames only)
+    jitter_strength: float = 0.4  # brightness, contrast, saturation factors drawn in [1 - s, 1 + s]
+    grey: float = 0.1  # probability of turning a clip grey
+    blur: float = 0.1  # probability of a Gaussian blur
 
 
 @dataclass
@@ -83,6 +91,7 @@ class TrainConfig:
     batch_size: int = 8  # per rank, per micro-step
     grad_accum: int = 1
     lr: float = 1e-4
+    min_lr: float = 0.0  # the cosine decays to this at `steps`
     weight_decay: float = 0.02
     warmup_steps: int = 10
     grad_clip: float = 1.0

@@ -1,0 +1,127 @@
+"""Clip augmentation for training: one geometry for frames and label maps, colour changes for frames only.
+
+Every random choice is made once per clip, so all frames of a clip (and its trajectory labels) move
+together: a trajectory stays one region over time. Geometry goes through `trajtok.data.labels`
+(`Box`, `crop_*`, `resize_*`), which keeps a pixel of a frame and its label at the same place; labels go
+straight to the segmenter's grid (the model predicts at 1/4 of the input), which is the resolution the
+segmentation loss compares at, so no full-size label map travels through the loader.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from trajtok.config import DataConfig
+from trajtok.data.labels import Box, center_crop_box, crop_frames, crop_labels, resize_frames, resize_labels
+
+GRID_STRIDE = 4  # the segmenter predicts at 1/4 of the input size (DESIGN §2)
+_GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """The knobs of `augment_clip`; built from `DataConfig` by `AugmentParams.from_config`."""
+
+    crop_scale: tuple[float, float] = (0.4, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
+    flip: float = 0.5
+    jitter: float = 0.8
+    jitter_strength: float = 0.4
+    grey: float = 0.1
+    blur: float = 0.1
+
+    @classmethod
+    def from_config(cls, data: DataConfig) -> AugmentParams:
+        return cls(
+            crop_scale=(data.crop_scale[0], data.crop_scale[1]),
+            crop_ratio=(data.crop_ratio[0], data.crop_ratio[1]),
+            flip=data.flip,
+            jitter=data.jitter,
+            jitter_strength=data.jitter_strength,
+            grey=data.grey,
+            blur=data.blur,
+        )
+
+
+def label_grid(size: int) -> int:
+    """Side of the segmenter's output grid for a square input of `size` pixels."""
+    return size // GRID_STRIDE
+
+
+def random_resized_box(height: int, width: int, params: AugmentParams, rng: np.random.Generator) -> Box:
+    """A window covering a random fraction of the area with a random aspect ratio (Inception-style crop).
+
+    After ten draws that do not fit, the largest centred square is taken, as torchvision does.
+    """
+    area = height * width
+    log_ratio = (math.log(params.crop_ratio[0]), math.log(params.crop_ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*params.crop_scale)
+        ratio = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * ratio)))
+        h = int(round(math.sqrt(target / ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            return Box(int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w)
+    side = min(height, width)
+    return center_crop_box(height, width, side)
+
+
+def augment_clip(
+    frames: np.ndarray,
+    labels: np.ndarray | None,
+    size: int,
+    params: AugmentParams,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(T, H, W, 3) uint8 frames and (T, H, W) labels -> (T, size, size, 3) frames, (T, g, g) labels.
+
+    g = size // 4. The crop and the flip are shared; jitter, grey and blur touch the frames only.
+    """
+    box = random_resized_box(frames.shape[1], frames.shape[2], params, rng)
+    frames = resize_frames(crop_frames(frames, box), (size, size))
+    if labels is not None:
+        grid = label_grid(size)
+        labels = resize_labels(crop_labels(labels, box), (grid, grid))
+    if rng.random() < params.flip:
+        frames = frames[:, :, ::-1]
+        labels = labels[:, :, ::-1] if labels is not None else None
+    frames = _colour(frames, params, rng)
+    return np.ascontiguousarray(frames), None if labels is None else np.ascontiguousarray(labels)
+
+
+def center_clip(
+    frames: np.ndarray, labels: np.ndarray | None, size: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The evaluation view: the centred square of the short side, resized to `size` (labels to the grid)."""
+    box = center_crop_box(frames.shape[1], frames.shape[2], min(frames.shape[1:3]))
+    frames = resize_frames(crop_frames(frames, box), (size, size))
+    if labels is not None:
+        grid = label_grid(size)
+        labels = resize_labels(crop_labels(labels, box), (grid, grid))
+    return frames, labels
+
+
+def _colour(frames: np.ndarray, params: AugmentParams, rng: np.random.Generator) -> np.ndarray:
+    """Colour jitter, grey and blur, with the same draws for every frame of the clip."""
+    jitter = rng.random() < params.jitter
+    grey = rng.random() < params.grey
+    blur_sigma = rng.uniform(0.1, 2.0) if rng.random() < params.blur else 0.0
+    if jitter:
+        s = params.jitter_strength
+        brightness, contrast, saturation = rng.uniform(1 - s, 1 + s, size=3)
+        x = frames.astype(np.float32) * brightness
+        mean = float((x @ _GREY_WEIGHTS).mean())
+        x = (x - mean) * contrast + mean
+        grey_x = (x @ _GREY_WEIGHTS)[..., None]
+        x = grey_x + (x - grey_x) * saturation
+        frames = np.clip(x + 0.5, 0, 255).astype(np.uint8)
+    if grey:
+        grey_frames = (frames.astype(np.float32) @ _GREY_WEIGHTS + 0.5).astype(np.uint8)
+        frames = np.repeat(grey_frames[..., None], 3, axis=-1)
+    if blur_sigma:
+        frames = np.stack([cv2.GaussianBlur(np.ascontiguousarray(f), (0, 0), blur_sigma) for f in frames])
+    return frames
