@@ -279,6 +279,8 @@ def test_backbone_loads_local_convnext_weights(tmp_path, layout: str) -> None:
     target = build_model(ModelConfig(name="segmenter", backbone_weights=str(path)), ClipConfig(size=PX))
     loaded = target.backbone.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in trunk.items())
+    with torch.device("meta"):  # shapes-only builds (model-info, checkpoint export) need not read the file
+        build_model(ModelConfig(name="segmenter", backbone_weights="/gone.pth"), ClipConfig(size=PX))
     with pytest.raises(ConfigError, match="choose the matching model.size"):
         ConvNeXtBackbone((24, 48, 96, 192), (1, 1, 1, 1), 32).load_convnext_weights(path)
     with pytest.raises(ConfigError, match="weights missing"):

@@ -56,7 +56,7 @@ def _segmenter_head(cfg: ModelConfig, size: ModelSize) -> Segmenter:
 
 def _video_segmenter(cfg: ModelConfig, size: ModelSize) -> VideoSegmenter:
     backbone = ConvNeXtBackbone(size.stage_widths, size.stage_depths, size.feature_dim)
-    if cfg.backbone_weights:
+    if cfg.backbone_weights and backbone.stem[0].weight.device.type != "meta":  # shapes-only builds read none
         backbone.load_convnext_weights(cfg.backbone_weights)
     return VideoSegmenter(backbone, _segmenter_head(cfg, size))
 
