@@ -1,9 +1,10 @@
 """Video decoding: open a path, URI or bytes, report what it holds, read frames by index or time, sample.
 
-decord is tried first (fast random access); PyAV takes over where decord cannot open a file or gives frames
-of the wrong shape (16x16 H.264 comes back with 6 channels). Both backends report the *decodable* frame
-count: both index the packets the file really holds (not the container's claim: tree.avi declares 444
-frames and holds 68), and both decode the last frame at open, so every index they report can be read.
+Frames are read with decord where it agrees with an index PyAV builds at open, and with PyAV where decord
+cannot open the file, gives frames of the wrong shape (16x16 H.264 comes back with 6 channels), counts
+other frames than decode, or would seek to keyframes that are not (an AVI cut short). The frame count is
+always the *decodable* count: packets the file really holds (not the container's claim: tree.avi declares
+444 frames and holds 68), with the last group of pictures decoded at open, so every index can be read.
 
 Every decoder call runs in a daemon thread with a deadline. decord and PyAV release the GIL while they
 decode or block on I/O, so the caller regains control on time; the stuck thread cannot be killed and is
@@ -82,6 +83,9 @@ class _DecodeTimeout(VideoDecodeError):
 
 
 class _DecordBackend:
+    """decord's reader. Its frame count is the number of packets it indexed at open, which need not all
+    decode; whoever opens it proves the count (`open_video`: against PyAV, or by decoding the last frame)."""
+
     name = "decord"
 
     def __init__(self, path: str):
@@ -90,20 +94,14 @@ class _DecordBackend:
             count = len(self._reader)
             if count < 1:
                 raise _Unreadable("no video frames")
-            # Decoding the last frame checks that the frame count is real; the shape check catches
-            # decord's 6-channel frames on tiny H.264 videos.
-            probe = self._reader.get_batch([0, count - 1]).asnumpy()
+            first = self._reader.get_batch([0]).asnumpy()
             starts = self._reader.get_frame_timestamp(np.arange(count))[:, 0].astype(np.float64)
             rate = float(self._reader.get_avg_fps())
-            # A container that lost its index (an AVI cut short) flags every packet found by scanning as a
-            # keyframe, and decord then seeks to frames that need earlier ones. Intra-only video looks alike.
-            last_keys = self._reader.get_key_indices()[-2:]
-            self.trailing_keyframes = count > 1 and last_keys == [count - 2, count - 1]
         except (decord.DECORDError, RuntimeError) as err:  # RuntimeError: decord's "Error reading <file>"
             raise _Unreadable(_first_line(err)) from err
-        if probe.ndim != 4 or probe.shape[-1] != 3 or probe.dtype != np.uint8:
-            raise _Unreadable(f"decord returned frames of shape {probe.shape} {probe.dtype}")
-        self.height, self.width = probe.shape[1:3]
+        if first.ndim != 4 or first.shape[-1] != 3 or first.dtype != np.uint8:  # 16x16 H.264: 6 channels
+            raise _Unreadable(f"decord returned frames of shape {first.shape} {first.dtype}")
+        self.height, self.width = first.shape[1:3]
         self.times = np.round(starts - starts[0], 6)  # decord's times are float32; keep whole microseconds
         self.frame_length = 1.0 / rate if rate > 0 else _median_step(self.times)
 
@@ -473,28 +471,46 @@ def _open_backend(path: str, backend: Backend, label: str) -> _Decoder:
     if stat.S_ISREG(status.st_mode) and status.st_size == 0:
         raise VideoDecodeError(f"{label}: empty file")
     try:
-        if backend != "auto":
-            return _BACKENDS[backend](path)
-        # Files ffmpeg cannot open never reach decord: PyAV's reasons are clearer, and decord writes its
-        # own error lines to stderr.
-        _open_container(path).close()
-        try:
-            fast = _DecordBackend(path)
-        except _Unreadable as err:
-            logger.debug("decord cannot read %s (%s); using PyAV", label, err)
+        if backend == "pyav":
             return _PyAVBackend(path)
-        if not fast.trailing_keyframes:
-            return fast
-        # Only decoding tells real keyframes from flags a damaged index put on every packet.
-        checked = _PyAVBackend(path)
-        if checked.keyframe_flags_lie:
-            logger.debug("%s flags frames as keyframes that are not; using PyAV", label)
-            fast.close()
-            return checked
-        checked.close()
-        return fast
+        if backend == "decord":
+            alone = _DecordBackend(path)
+            alone.decode(np.array([len(alone.times) - 1]))  # proves the count: the last frame decodes
+            return alone
+        return _decord_checked_by_pyav(path, label)
     except _Unreadable as err:
         raise VideoDecodeError(f"{label}: {err}") from None
+
+
+def _decord_checked_by_pyav(path: str, label: str) -> _Decoder:
+    """decord where it agrees with PyAV's index, else PyAV.
+
+    PyAV's index costs a demux and one group of pictures decoded without colour conversion, less than
+    decord needs to decode its own last frame. It settles the frame count, gives exact timestamps, and
+    catches keyframe flags that lie (decord would seek to them). Files ffmpeg cannot open never reach
+    decord: PyAV's reasons are clearer, and decord writes its own error lines to stderr.
+    """
+    checked = _PyAVBackend(path)
+    if checked.keyframe_flags_lie:
+        logger.debug("%s: keyframe flags lie; using PyAV", label)
+        return checked
+    try:
+        fast = _DecordBackend(path)
+    except _Unreadable as err:
+        logger.debug("%s: decord cannot read it (%s); using PyAV", label, err)
+        return checked
+    if len(fast.times) != len(checked.times) or (fast.width, fast.height) != (checked.width, checked.height):
+        logger.debug(
+            "%s: decord sees %d frames, PyAV decodes %d; using PyAV",
+            label,
+            len(fast.times),
+            len(checked.times),
+        )
+        fast.close()
+        return checked
+    fast.times, fast.frame_length = checked.times, checked.frame_length  # exact where decord's are float32
+    checked.close()
+    return fast
 
 
 def _call_with_deadline(work: Callable[[], _T], timeout: float | None, label: str) -> _T:
