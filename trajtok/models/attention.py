@@ -64,10 +64,10 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     """Two linear layers with a GELU: the transformer's feed-forward and the small projection heads."""
 
-    def __init__(self, dim: int, hidden: int, out_dim: int | None = None):
+    def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, out_dim or dim)
+        self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
