@@ -3,7 +3,8 @@
 Only small things cross the object store: a shard's plan on the way out, its stats on the way back, and
 a worker's status (row, clips done) when polled. Frames stay inside the worker that decodes them.
 
-The watchdog: a worker whose status has not changed for `stall_timeout` seconds is stuck on one row
+The watchdog: a worker whose status has not changed for `stall_timeout` seconds since it began its
+shard is stuck on one row
 (a decode that never returns, a labeler that hangs). It is killed and replaced, the row is recorded as
 failed, and the shard starts again without it. A worker that dies (segfault, out of memory) is handled the
 same way, blaming the row it last reported. A shard that keeps failing with nobody to blame is given up
@@ -29,8 +30,10 @@ POLL_SECONDS = 0.5
 
 @dataclass
 class WorkerStatus:
-    """What a worker is doing: the manifest line it is on (-1 between rows) and clips written in its shard."""
+    """What a worker is doing: its shard ("" before it starts one), the manifest line it is on (-1 between
+    rows) and the clips it has made in that shard."""
 
+    shard: str = ""
     line: int = -1
     clips: int = 0
     rows_done: int = 0
@@ -67,6 +70,10 @@ class _Slot:
     def replace_worker(self) -> None:
         ray.kill(self.handle)
         self.handle, self.status_ref = self._start_worker(), None
+
+    def started(self) -> bool:
+        """The worker has begun this slot's shard (an actor that is still starting is not stalled)."""
+        return self.job is not None and self.status.shard == self.job.plan.name
 
     def note(self, status: WorkerStatus) -> None:
         if status != self.status:
@@ -111,10 +118,10 @@ def run_shards(
                     on_progress(clips_finished, finished)
             _poll(slots)
             for slot in slots:
-                if slot.job is not None and time.monotonic() - slot.changed_at > stall_timeout:
+                if slot.started() and time.monotonic() - slot.changed_at > stall_timeout:
                     reason = f"stalled: no progress for {stall_timeout:g} s"
                     _abandon_row(slot, queue, result, max_attempts, reason)
-            on_progress(clips_finished + sum(s.status.clips for s in slots if s.job), None)
+            on_progress(clips_finished + sum(s.status.clips for s in slots if s.started()), None)
     finally:
         for slot in slots:
             ray.kill(slot.handle)
@@ -141,7 +148,7 @@ def _abandon_row(
     slot: _Slot, queue: deque[_Job], result: DispatchResult, max_attempts: int, reason: str
 ) -> None:
     """Replace the worker; the row it was on is failed with `reason` and the shard goes again first."""
-    line = slot.status.line
+    line = slot.status.line if slot.started() else -1
     job = slot.release()
     slot.replace_worker()
     result.worker_restarts += 1

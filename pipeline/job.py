@@ -68,6 +68,7 @@ def run_shard_job(cfg: JobConfig) -> dict[str, Any]:
                 "pipeline.overwrite=true to rewrite them, or choose another pipeline.out"
             )
         _remove_conflicts(out, state.conflicts)
+    out.remove_leftovers()  # of a killed run; its workers died with its driver
     run_dir = Path(cfg.run_dir)
     save_config(cfg, run_dir)
     ctx = ShardContext(cfg, out, settings)
@@ -228,7 +229,7 @@ def _usable_rows(manifest: Manifest) -> tuple[list[ManifestRow], list[RowOutcome
     rejected = [RowOutcome(p.line, "", SKIPPED, _problem_reason(p.reason)) for p in manifest.problems]
     rows, first_line = [], {}
     for row in manifest.rows:
-        identity = (row.path, row.start, row.end)
+        identity = (row.path, row.start or 0.0, row.end)
         if identity in first_line:
             reason = f"duplicate: same video and window as line {first_line[identity]}"
             rejected.append(RowOutcome(row.line, row.path, SKIPPED, reason))
@@ -256,7 +257,9 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
     if cfg.address:
         ray.init(address=cfg.address, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=cfg.num_cpus or None, include_dashboard=False, logging_level=logging.WARNING)
+        # "local": a new instance of our own, even where `ray start` left a cluster for ray.init() to find
+        cpus = cfg.num_cpus or None
+        ray.init("local", num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
     try:
         yield
     finally:

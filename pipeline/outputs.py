@@ -106,8 +106,9 @@ class OutputDir:
         if self.exists(name):
             self._fs.rm(self.path(name))
 
-    def remove_leftovers(self, stem: str) -> None:
-        """Delete temporary files of `stem` (`shard-000003.tar.tmp-...`) left by a writer that was killed."""
+    def remove_leftovers(self, stem: str | None = None) -> None:
+        """Delete temporary files left by killed writers: those of `stem` (`shard-000003.tar.tmp-...`),
+        or all of them (only while no writer of this folder runs)."""
         for other in self.names():
-            if other.startswith(stem + ".") and _TMP_MARK in other:
+            if _TMP_MARK in other and (stem is None or other.startswith(stem + ".")):
                 self.remove(other)

@@ -64,11 +64,11 @@ class ShardWorker:
         out, name = self.ctx.out, plan.name
         out.remove_leftovers(name)
         stats = ShardStats(name, self.ctx.settings_digest, plan.digest, rows=[])
-        self._status = WorkerStatus()
+        self._status = WorkerStatus(name)
         with out.atomic_writer(name + TAR_SUFFIX) as f:
             writer = TarWriter(f, encoder=False, mtime=TAR_MTIME)
             for row in plan.rows:
-                self._status = WorkerStatus(row.line, stats.clips, len(stats.rows))
+                self._status = WorkerStatus(name, row.line, stats.clips, len(stats.rows))
                 if row.line in abandoned:
                     stats.rows.append(RowOutcome(row.line, row.path, FAILED, abandoned[row.line]))
                     continue
@@ -82,7 +82,7 @@ class ShardWorker:
             writer.close()
         stats.seconds = round(time.monotonic() - started, 3)
         out.write_json(name + STATS_SUFFIX, stats.to_json())
-        self._status = WorkerStatus(-1, stats.clips, len(stats.rows))
+        self._status = WorkerStatus(name, -1, stats.clips, len(stats.rows))
         return stats
 
     def _row(self, row: ManifestRow) -> tuple[RowOutcome, list[tuple[dict[str, Any], Clip, int]]]:
@@ -118,7 +118,8 @@ class ShardWorker:
                 frame_format=cfg.pipeline.frame_format,
                 extra=_extra(row),
             )
-            self._status = WorkerStatus(row.line, self._status.clips + 1, self._status.rows_done)
+            status = self._status
+            self._status = WorkerStatus(status.shard, row.line, status.clips + 1, status.rows_done)
             yield sample, clip, trajectories
 
 
