@@ -180,6 +180,28 @@ def test_avi_cut_short_reads_the_true_frames(shared_videos, reference, tmp_path,
     _assert_same_pictures(frames, reference("tree.avi", indices))
 
 
+@pytest.mark.parametrize(
+    ("container", "codec"), [("mp4", "libx264"), ("mkv", "libx264"), ("ts", "libx264"), ("avi", "mpeg4")]
+)
+def test_frames_with_b_frames_come_back_in_order_from_any_container(tmp_path, container, codec):
+    """decord returns wrong frames from MPEG-TS (it seeks late) and from AVI with B-frames (it mixes up their
+    order); the reader must notice and hand over to PyAV."""
+    frames = _clip(frames=40)
+    path = tmp_path / f"bframes.{container}"
+    with av.open(str(path), mode="w") as output:
+        stream = output.add_stream(codec, rate=25, options={"bf": "2", "g": "12"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for frame in frames:
+            output.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        output.mux(stream.encode())
+    indices = np.array([39, 17, 0, 1, 2, 25, 13])
+    with open_video(path) as video:
+        assert (video.info.num_frames, video.info.fps) == (40, pytest.approx(25.0))
+        decoded = video.read_frames(indices).astype(int)
+    distances = np.abs(decoded[:, None] - frames[None].astype(int)).mean(axis=(2, 3, 4))
+    assert distances.argmin(axis=1).tolist() == indices.tolist()  # each is closest to the frame asked for
+
+
 def test_truncated_mp4_with_index_first_keeps_only_frames_that_decode(tmp_path):
     frames = _clip(frames=30)
     path = tmp_path / "faststart.mp4"

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -34,6 +34,7 @@ import av
 import decord
 import fsspec
 import numpy as np
+from av.video.frame import PictureType
 from fsspec.implementations.local import LocalFileSystem
 
 from trajtok.errors import VideoDecodeError
@@ -120,9 +121,9 @@ class _PyAVBackend:
 
     The last group of pictures is decoded at open and frames it lacks are dropped from the index, which
     makes the count right for truncated files. Reads seek to the keyframe before each wanted frame unless
-    decoding on from the current position is shorter. Where the container flags keyframes that do not
-    decode as such (an AVI cut short flags every packet after its index ends), the whole video is decoded
-    once at open to find the real ones; `keyframe_flags_lie` tells.
+    decoding on from the current position is shorter, and check where each seek landed. Where the container
+    flags keyframes that do not decode as such (an AVI cut short flags every packet after its index ends),
+    the whole video is decoded once at open to find the real ones; `keyframe_flags_lie` tells.
     """
 
     name = "pyav"
@@ -139,10 +140,9 @@ class _PyAVBackend:
             raise
 
     def _index(self) -> None:
-        pts, keyframes = self._index_packets()
-        self._pts, self._keyframes = self._check_last_group(pts, keyframes)
-        seconds = (np.asarray(self._pts, dtype=np.float64) - self._pts[0]) * float(self._stream.time_base)
-        self.times = np.round(seconds, 6)
+        pts, self._keyframes = self._index_packets()
+        self._pts, self._keyframes = self._check_last_group(pts, self._keyframes)
+        self.times = (np.asarray(self._pts, dtype=np.float64) - self._pts[0]) * float(self._stream.time_base)
         rate = self._stream.average_rate or self._stream.guessed_rate
         self.frame_length = 1.0 / float(rate) if rate else _median_step(self.times)
         self._position: int | None = None  # pts of the last frame the decoder produced
@@ -173,14 +173,14 @@ class _PyAVBackend:
         self.keyframe_flags_lie = False
         while keyframes:
             key = keyframes[-1]
-            decoded_as_key = {}
+            starts_group = {}
             for frame in self._decode_from(key):
-                decoded_as_key[self._frame_pts(frame)] = frame.key_frame
+                starts_group[self._frame_pts(frame)] = _starts_group(frame)
                 self.width, self.height = frame.width, frame.height
-            if key != pts[0] and decoded_as_key.get(key) is False:
+            if key != pts[0] and starts_group.get(key) is False:
                 self.keyframe_flags_lie = True
                 return self._decode_all(pts[0])
-            tail = [p for p in pts if p >= key and p in decoded_as_key]
+            tail = [p for p in pts if p >= key and p in starts_group]
             if tail:
                 return [p for p in pts if p < key] + tail, keyframes
             keyframes.pop()
@@ -193,7 +193,7 @@ class _PyAVBackend:
         for frame in self._decode_from(start):
             stamp = self._frame_pts(frame)
             decoded.add(stamp)
-            if frame.key_frame:
+            if _starts_group(frame):
                 keyframes.add(stamp)
             self.width, self.height = frame.width, frame.height
         if not decoded:
@@ -201,15 +201,31 @@ class _PyAVBackend:
         decoded = sorted(decoded)
         return decoded, sorted(keyframes | {decoded[0]})
 
-    def _decode_from(self, key: int):
-        """Frames from the keyframe at or before `key` onwards; damaged packets are skipped."""
-        if self._damaged:
+    def _decode_from(self, key: int) -> Iterator[av.VideoFrame]:
+        """Frames from the keyframe `key` (or an earlier point) onwards; damaged packets are skipped.
+
+        A seek is only as exact as the container's index (in MPEG-TS it lands a keyframe late): one that
+        lands past `key` is retried from the keyframe before, then from the top of the file.
+        """
+        for start in (key, *[k for k in self._keyframes if k < key][-1:], None):
+            frames = self._frames_after(start)
+            first = next(frames, None)
+            stamp = None if first is None else self._frame_pts(first)
+            if first is not None and (start is None or stamp is None or stamp <= key):
+                yield first
+                yield from frames
+                return
+
+    def _frames_after(self, start: int | None) -> Iterator[av.VideoFrame]:
+        """Decoded frames after a seek to `start` (None: from the top of the file, freshly opened)."""
+        if self._damaged or start is None:
             self._container.close()
             self._container = _open_container(self._path)
             self._stream = self._container.streams.video[0]
             self._damaged = False
-        self._container.seek(key, stream=self._stream, backward=True)
-        self._stream.codec_context.flush_buffers()  # a decoder drained at the end refuses new packets
+        if start is not None:
+            self._container.seek(start, stream=self._stream, backward=True)
+            self._stream.codec_context.flush_buffers()  # a decoder drained at the end refuses new packets
         try:
             for packet in self._container.demux(self._stream):
                 try:
@@ -218,6 +234,10 @@ class _PyAVBackend:
                     self._damaged = True
         except av.error.FFmpegError:
             return
+
+    @property
+    def last_keyframe_index(self) -> int:
+        return bisect.bisect_left(self._pts, self._keyframes[-1])
 
     @staticmethod
     def _frame_pts(frame: av.VideoFrame) -> int | None:
@@ -249,6 +269,13 @@ class _PyAVBackend:
 
 
 _Decoder = _DecordBackend | _PyAVBackend
+
+
+def _starts_group(frame: av.VideoFrame) -> bool:
+    """Whether decoding can start at this frame: a keyframe, or an intra picture (H.264 open GOP)."""
+    return bool(frame.key_frame) or frame.pict_type == PictureType.I
+
+
 _BACKENDS = {"decord": _DecordBackend, "pyav": _PyAVBackend}
 
 
@@ -399,7 +426,7 @@ def open_video(
         if spill is not None:
             _remove_quietly(spill)
         raise
-    duration = round(float(opened.times[-1] + opened.frame_length), 6)
+    duration = float(opened.times[-1] + opened.frame_length)
     count = len(opened.times)
     info = VideoInfo(
         source=label,
@@ -408,7 +435,7 @@ def open_video(
         num_frames=count,
         width=int(opened.width),
         height=int(opened.height),
-        duration=duration,
+        duration=round(duration, 6),
     )
     return VideoReader(opened, info, timeout, spill)
 
@@ -499,18 +526,32 @@ def _decord_checked_by_pyav(path: str, label: str) -> _Decoder:
     except _Unreadable as err:
         logger.debug("%s: decord cannot read it (%s); using PyAV", label, err)
         return checked
-    if len(fast.times) != len(checked.times) or (fast.width, fast.height) != (checked.width, checked.height):
-        logger.debug(
-            "%s: decord sees %d frames, PyAV decodes %d; using PyAV",
-            label,
-            len(fast.times),
-            len(checked.times),
-        )
+    disagreement = _disagreement(fast, checked)
+    if disagreement:
+        logger.debug("%s: %s; using PyAV", label, disagreement)
         fast.close()
         return checked
     fast.times, fast.frame_length = checked.times, checked.frame_length  # exact where decord's are float32
     checked.close()
     return fast
+
+
+def _disagreement(fast: _DecordBackend, checked: _PyAVBackend) -> str:
+    """Why decord's view of a video differs from PyAV's verified one ("" if it does not).
+
+    Equal counts and sizes are not enough: decord misorders AVI frames with B-frames (its timestamps show
+    it) and lands late when seeking MPEG-TS (its frame at the last keyframe shows it).
+    """
+    if len(fast.times) != len(checked.times):
+        return f"decord sees {len(fast.times)} frames, PyAV decodes {len(checked.times)}"
+    if (fast.width, fast.height) != (checked.width, checked.height):
+        return f"decord decodes {fast.width}x{fast.height}, PyAV {checked.width}x{checked.height}"
+    if np.abs(fast.times - checked.times).max() > checked.frame_length / 4:
+        return "decord's frame timestamps differ from PyAV's"
+    probe = np.array([checked.last_keyframe_index])
+    if np.abs(fast.decode(probe).astype(np.int16) - checked.decode(probe)).mean() > 1:
+        return "decord's frame at the last keyframe differs from PyAV's"
+    return ""
 
 
 def _call_with_deadline(work: Callable[[], _T], timeout: float | None, label: str) -> _T:
