@@ -121,7 +121,7 @@ class PipelineConfig:
     out: str = ""
     clips_per_shard: int = 64
     overwrite: bool = False
-    label_actors: int = 1
+    label_actors: int = 0  # worker actors; 0 = one per CPU of the Ray cluster (per label_gpus share of its GPUs)
     label_gpus: float = 0.0  # GPUs per labelling actor
     decode_timeout: float = 60.0  # seconds before a hanging decode is abandoned
     frame_format: str = "mp4"  # mp4 | jpg | png
