@@ -77,7 +77,7 @@ def run_shard_job(cfg: JobConfig) -> dict[str, Any]:
             result = run_shards(
                 state.todo,
                 lambda: start_worker(ctx, cfg.pipeline.label_gpus),
-                workers=cfg.pipeline.label_actors,
+                workers=cfg.pipeline.label_actors or cluster_workers(cfg.pipeline.label_gpus),
                 stall_timeout=cfg.pipeline.stall_timeout,
                 max_attempts=cfg.pipeline.max_attempts,
                 on_progress=progress.update,
@@ -148,7 +148,7 @@ def check_config(cfg: JobConfig) -> None:
         "data.manifest": (bool(cfg.data.manifest), "must name the manifest to shard (manifest=...)"),
         "pipeline.out": (bool(p.out), "must name the output folder (out=...)"),
         "pipeline.clips_per_shard": (p.clips_per_shard >= 1, "must be at least 1"),
-        "pipeline.label_actors": (p.label_actors >= 1, "must be at least 1"),
+        "pipeline.label_actors": (p.label_actors >= 0, "must not be negative (0 = one per CPU)"),
         "pipeline.label_gpus": (p.label_gpus >= 0, "must not be negative"),
         "pipeline.decode_timeout": (p.decode_timeout > 0, "must be positive"),
         "pipeline.stall_timeout": (p.stall_timeout > 0, "must be positive"),
@@ -246,6 +246,14 @@ def _problem_reason(reason: str) -> str:
 
 def _fingerprint(row: ManifestRow) -> list[Any]:
     return [row.line, row.path, row.captions, row.start, row.end, row.id, row.extra]
+
+
+def cluster_workers(gpus_per_worker: float) -> int:
+    """One worker per CPU of the cluster, or per `gpus_per_worker` share of its GPUs when labelling on GPU."""
+    resources = ray.cluster_resources()
+    if gpus_per_worker > 0:
+        return max(1, int(resources.get("GPU", 0) // gpus_per_worker))
+    return max(1, int(resources.get("CPU", 1)))
 
 
 @contextmanager
