@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -300,6 +302,24 @@ def test_a_read_past_its_deadline_is_abandoned_and_the_reader_refuses_more(share
         with pytest.raises(VideoDecodeError, match="an earlier decode timed out"):
             video.read_frames([0])
     _wait_for_decoder_threads()
+
+
+def test_exit_waits_for_an_abandoned_decord_decode(shared_videos):
+    """decord aborts the process if the interpreter exits under one of its running decodes."""
+    script = (
+        "import sys, numpy as np\n"
+        "from trajtok.data.video import open_video\n"
+        f"video = open_video({str(shared_videos / 'vtest.avi')!r}, backend='decord')\n"
+        "video.timeout = 0.001\n"
+        "try:\n"
+        "    video.read_frames(np.arange(0, 795, 50))\n"
+        "except Exception as err:\n"
+        "    print(err)\n"
+        "sys.exit(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (3, "")
+    assert "timed out" in done.stdout
 
 
 def test_video_info_command_prints_json_and_one_error_line_per_bad_file(shared_videos, bad_files, capfd):

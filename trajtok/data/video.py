@@ -521,15 +521,16 @@ def _decord_checked_by_pyav(path: str, label: str) -> _Decoder:
     if checked.keyframe_flags_lie:
         logger.debug("%s: keyframe flags lie; using PyAV", label)
         return checked
+    fast = None
     try:
         fast = _DecordBackend(path)
+        disagreement = _disagreement(fast, checked)
     except _Unreadable as err:
-        logger.debug("%s: decord cannot read it (%s); using PyAV", label, err)
-        return checked
-    disagreement = _disagreement(fast, checked)
+        disagreement = f"decord cannot read it ({err})"
     if disagreement:
         logger.debug("%s: %s; using PyAV", label, disagreement)
-        fast.close()
+        if fast is not None:
+            fast.close()
         return checked
     fast.times, fast.frame_length = checked.times, checked.frame_length  # exact where decord's are float32
     checked.close()
@@ -579,14 +580,18 @@ def _call_with_deadline(work: Callable[[], _T], timeout: float | None, label: st
 
 @atexit.register
 def _let_abandoned_decodes_finish(grace: float = 5.0) -> None:
-    """Give decodes abandoned at their deadline a bounded time to end before the interpreter exits.
+    """Give decodes abandoned at their deadline up to `grace` seconds to end before the interpreter exits.
 
     decord aborts the process ("pure virtual method called") if it is unloaded while one of its decodes
-    is still running; a decode blocked on I/O is safe to leave, so the wait is bounded.
+    is still computing (in decord's own threads, hence the process-wide CPU clock). A decode blocked on
+    I/O uses no CPU and is safe to leave, so exit does not wait for it.
     """
     deadline = time.monotonic() + grace
-    for worker in _abandoned:
-        worker.join(max(0.0, deadline - time.monotonic()))
+    while any(worker.is_alive() for worker in _abandoned) and time.monotonic() < deadline:
+        busy_since = time.process_time()
+        time.sleep(0.05)
+        if time.process_time() - busy_since < 0.005:
+            return
 
 
 def _describe(source: VideoSource) -> str:
