@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help=f"give up on a file whose decoding takes longer (default: {DEFAULT_TIMEOUT:g})",
+        help=f"give up on a file whose decoding takes longer; 0 for no limit (default: {DEFAULT_TIMEOUT:g})",
     )
     parser.set_defaults(func=run)
 
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.paths:
         try:
-            with open_video(path, timeout=args.timeout, backend=args.backend) as video:
+            with open_video(path, timeout=args.timeout or None, backend=args.backend) as video:
                 print(json.dumps(video.info.to_dict()), flush=True)
         except VideoDecodeError as err:
             failed += 1
