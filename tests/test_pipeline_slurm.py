@@ -1,0 +1,127 @@
+"""`trajtok submit shard ... launch.backend=slurm`: the shard job inside a real SLURM allocation.
+
+A one-node SLURM cluster of our own (scripts/slurm-local.sh, on its own ports and folder) runs the job
+through submitit; launch/ starts a Ray head in the allocation and runs the shard driver on it. Skipped
+where the machine cannot start SLURM daemons (not root, no packages).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trajtok.config import SynthConfig
+from trajtok.data.synth import write_dataset
+
+pytestmark = pytest.mark.slurm
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port_run(count: int = 3) -> int:
+    """A port p with p .. p+count-1 all free (slurmctld, slurmd, slurmdbd)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + count < 65535 and all(_free(base + i) for i in range(count)):
+            return base
+    raise RuntimeError("no run of free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def slurm_env(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "ROOT": str(root), "PORT": str(_free_port_run()), "ACCT": "none"}
+    script = str(REPO / "scripts" / "slurm-local.sh")
+    started = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=300)
+    if started.returncode == 3:
+        pytest.skip(f"this machine cannot run SLURM daemons: {started.stderr.strip()}")
+    slurm = {**os.environ, "SLURM_CONF": str(root / "etc" / "slurm.conf")}
+    try:
+        assert started.returncode == 0, started.stderr
+        yield slurm
+    finally:
+        subprocess.run(["scancel", "--user", "root"], env=slurm, timeout=60)
+        _wait_until_idle(slurm)  # stopping the daemons under a running step would orphan it
+        subprocess.run(["bash", str(REPO / "scripts" / "slurm-local-stop.sh")], env=env, timeout=120)
+
+
+def _queued(slurm: dict[str, str], job_id: str | None = None) -> bool:
+    command = ["squeue", "-h"] + (["-j", job_id] if job_id else [])
+    listed = subprocess.run(command, env=slurm, capture_output=True, text=True, timeout=60)
+    return listed.returncode == 0 and bool(listed.stdout.strip())
+
+
+def _wait_until_idle(slurm: dict[str, str], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while _queued(slurm) and time.monotonic() < deadline:
+        time.sleep(1)
+
+
+def test_submit_shard_runs_on_ray_inside_slurm(slurm_env: dict[str, str], tmp_path: Path):
+    synth = SynthConfig(out=str(tmp_path / "synth"), videos=4, frames=16, height=64, width=64)
+    manifest = write_dataset(synth)
+    out, run_dir = tmp_path / "out", tmp_path / "run"
+    submitted = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.cli",
+            "submit",
+            "shard",
+            str(REPO / "configs" / "shard.yaml"),
+            f"data.manifest={manifest}",
+            f"pipeline.out={out}",
+            f"run_dir={run_dir}",
+            "launch.backend=slurm",
+            "launch.nodes=1",
+            "launch.cpus_per_task=2",
+            "launch.time=10",
+            "tracking.enabled=false",
+            "clip.frames=8",
+            "clip.size=64",
+            "pipeline.clips_per_shard=2",
+        ],
+        cwd=tmp_path,
+        env=slurm_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = re.search(r"submitted job (\d+)", submitted.stdout).group(1)
+    log = Path(re.search(r"log: (\S+)", submitted.stdout).group(1))
+    deadline = time.monotonic() + 300
+    while not (out / "summary.json").exists():
+        if time.monotonic() > deadline or not _queued(slurm_env, job_id):
+            time.sleep(2)  # the job may have just finished writing
+            if (out / "summary.json").exists():
+                break
+            tail = log.read_text()[-3000:] if log.exists() else "(no log)"
+            pytest.fail(f"job {job_id} ended or timed out without a summary; log:\n{tail}")
+        time.sleep(1)
+    _wait_until_idle(slurm_env)  # the head node stops Ray, then the job ends
+    assert not _queued(slurm_env, job_id), f"job {job_id} did not end after its driver finished"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["written"] == summary["rows"] == summary["clips"] == 4
+    assert summary["run"]["shards_written"] == 2
+    assert (run_dir / job_id / "config.yaml").is_file()  # the SLURM task's own run directory
+    text = log.read_text() if log.exists() else ""
+    assert "Ray runtime started" in text and "Job completed successfully" in text, text[-2000:]
