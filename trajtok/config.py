@@ -154,6 +154,7 @@ class LaunchConfig:
     max_requeues: int = 3
     dry_run: bool = False
     folder: str = ""  # submitit logs; "" = <run_dir>/submitit
+    smoke_hold_s: float = 0.0  # `submit smoke`: the first attempt holds its allocation this long (requeue drills)
 
 
 @dataclass
@@ -164,6 +165,8 @@ class TrackingConfig:
     uri: str = ""
     experiment: str = "trajtok"
     run_name: str = ""
+    system_metrics: bool = True  # CPU/memory/GPU of rank 0's node, when psutil is installed
+    system_metrics_interval: float = 10.0  # seconds between samples
 
 
 @dataclass

@@ -1,0 +1,81 @@
+"""`trajtok submit TARGET CONFIG [key=value ...]`: run a job on SLURM (or locally) through one launcher.
+
+Each target maps to an entry point, "module:function" taking the `JobConfig`. Adding a job type is one line
+in `TARGETS`: `"train": Target("trajtok.train.loop:main", "train a model")`; pipeline jobs that need a Ray
+cluster across the allocation say `ray=True`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import NamedTuple
+
+from launch.commands._common import add_config_arguments, config_from_args
+from trajtok.errors import ConfigError
+
+
+class Target(NamedTuple):
+    entry: str  # "module:function", the function takes the JobConfig
+    help: str
+    ray: bool = False  # one task per node running a Ray cluster, the entry as its driver
+
+
+TARGETS: dict[str, Target] = {
+    "smoke": Target(
+        "trajtok.distributed:smoke",
+        "cluster smoke test: all ranks all_reduce; rank 0 records the attempt in the run dir and MLflow",
+    ),
+    "shard": Target("pipeline.job:run_shard_job", "trajtok shard on a Ray cluster over the nodes", ray=True),
+    "ray-smoke": Target(
+        "launch.ray_cluster:smoke",
+        "Ray smoke test: start a Ray cluster across the nodes, run one task per CPU, report the nodes",
+        ray=True,
+    ),
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "submit",
+        help="run a job on SLURM (launch.backend=slurm) or as local processes",
+        description="Submit TARGET with the given config. With launch.backend=slurm the job goes through "
+        "submitit: launch.nodes nodes, one task per GPU (launch.gpus_per_node) or launch.nproc tasks per "
+        "node, requeued with train.resume=auto on timeout or preemption; the job id and its log are printed, "
+        "and launch.dry_run=true prints the sbatch script instead. With launch.backend=local it runs here.",
+    )
+    targets = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
+    for name, target in TARGETS.items():
+        target_parser = targets.add_parser(name, help=target.help, description=target.help)
+        add_config_arguments(target_parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    target = TARGETS[args.target]
+    backend = cfg.launch.backend
+    if backend == "slurm":
+        from launch.slurm import log_folder, sbatch_script, submit
+
+        if cfg.launch.dry_run:
+            print(sbatch_script(cfg, ray=target.ray), end="")
+            return 0
+        job = submit(target.entry, cfg, ray=target.ray)
+        print(f"submitted job {job.job_id}: {args.target} ({target.entry})")
+        print(f"log: {job.paths.stdout}")
+        print(f"run directory: {cfg.run_dir}/{job.job_id}; submitit files: {log_folder(cfg)}")
+        return 0
+    if backend == "local":
+        if cfg.launch.dry_run:
+            where = "as a Ray driver here" if target.ray else f"in {cfg.launch.nproc} local process(es)"
+            print(f"would run {target.entry} {where}, run directory {cfg.run_dir}")
+            return 0
+        if target.ray:
+            from launch.local import load_entry
+
+            load_entry(target.entry)(cfg)
+            return 0
+        from launch.local import run_local
+
+        return run_local(target.entry, cfg)
+    raise ConfigError(f"launch.backend '{backend}': expected local or slurm")

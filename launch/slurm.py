@@ -1,0 +1,107 @@
+"""The generic SLURM launcher: any "module:function" entry, submitted with submitit, requeued when cut short.
+
+`submit(entry, cfg)` asks for `launch.nodes` nodes with one task per GPU (`launch.gpus_per_node`), or
+`launch.nproc` tasks per node on CPU nodes. Every task runs a `SlurmTask`, which exports RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR and MASTER_PORT from SLURM (`trajtok.distributed.distributed_env`), points
+`run_dir` at `<run_dir>/<job id>` (one output directory per job, holding its config, checkpoints and MLflow
+run id) and calls the entry with the config. With `ray=True` a job gets one task per node instead, which
+starts a Ray cluster across the allocation and runs the entry as its driver (`launch.ray_cluster`).
+
+On timeout or preemption SLURM signals the job (USR2, `signal_delay_s` before the end); submitit then calls
+`SlurmTask.checkpoint`, which resubmits the same task with `train.resume=auto` and requeues the job under
+the same id, so the next attempt resumes from the latest checkpoint in the same run directory and logs
+into the same MLflow run. Time-outs are requeued at most `launch.max_requeues` times; preemptions always.
+
+submitit's logs for all jobs go to `launch.folder` (default `<run_dir>/submitit`): `<job id>_<task>_log.out`.
+"""
+
+from __future__ import annotations
+
+import copy
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import submitit
+from submitit.slurm.slurm import _make_sbatch_string
+
+from launch.local import load_entry
+from trajtok.config import JobConfig, save_config
+from trajtok.distributed import distributed_env
+from trajtok.errors import ConfigError
+
+
+class SlurmTask(submitit.helpers.Checkpointable):
+    """What each task of a submitted job runs; picklable, so submitit can ship it and requeue it."""
+
+    def __init__(self, entry: str, cfg: JobConfig, ray: bool = False) -> None:
+        self.entry, self.cfg, self.ray = entry, cfg, ray
+
+    def __call__(self) -> Any:
+        job = submitit.JobEnvironment()
+        cfg = copy.deepcopy(self.cfg)
+        cfg.run_dir = str(Path(self.cfg.run_dir) / str(job.job_id))
+        if job.global_rank == 0:
+            save_config(cfg, cfg.run_dir)
+        if self.ray:
+            from launch.ray_cluster import run_ray_job
+
+            return run_ray_job(self.entry, cfg)
+        distributed_env()
+        return load_entry(self.entry)(cfg)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on timeout or preemption: run again, resuming from the run directory."""
+        cfg = copy.deepcopy(self.cfg)
+        cfg.train.resume = "auto"
+        return submitit.helpers.DelayedSubmission(SlurmTask(self.entry, cfg, self.ray), *args, **kwargs)
+
+
+def log_folder(cfg: JobConfig) -> Path:
+    """Where submitit keeps the sbatch files, pickles and task logs of this config's jobs."""
+    return Path(cfg.launch.folder or Path(cfg.run_dir) / "submitit").resolve()
+
+
+def slurm_parameters(cfg: JobConfig, ray: bool = False) -> dict[str, Any]:
+    """The sbatch options for `cfg.launch`, named as submitit's SlurmExecutor takes them."""
+    launch = cfg.launch
+    if launch.nodes < 1 or launch.nproc < 1 or launch.time < 1:
+        raise ConfigError("launch.nodes, launch.nproc and launch.time must be >= 1")
+    params: dict[str, Any] = {
+        "job_name": f"trajtok-{Path(cfg.run_dir).name}",
+        "nodes": launch.nodes,
+        "ntasks_per_node": 1 if ray else (launch.gpus_per_node or launch.nproc),
+        "cpus_per_task": launch.cpus_per_task,
+        "time": launch.time,
+        # Time to save state before the kill: 2 minutes, or half of a short job.
+        "signal_delay_s": min(120, launch.time * 30),
+    }
+    optional = {
+        "gpus_per_node": launch.gpus_per_node,
+        "mem": f"{launch.mem_gb}GB" if launch.mem_gb else "",
+        "partition": launch.partition,
+        "account": launch.account,
+        "qos": launch.qos,
+        "constraint": launch.constraint,
+    }
+    params.update({key: value for key, value in optional.items() if value})
+    return params
+
+
+def sbatch_script(cfg: JobConfig, ray: bool = False) -> str:
+    """The batch script `submit` gives sbatch (what `launch.dry_run=true` prints); needs no SLURM here."""
+    folder = log_folder(cfg)
+    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
+    return _make_sbatch_string(command=command, folder=folder, **slurm_parameters(cfg, ray))
+
+
+def submit(entry: str, cfg: JobConfig, ray: bool = False) -> submitit.Job:
+    """Submit `entry` as a SLURM job (see the module docstring); returns at once with the submitit job."""
+    load_entry(entry)  # a typo fails here, not on the cluster
+    try:
+        executor = submitit.SlurmExecutor(log_folder(cfg), max_num_timeout=cfg.launch.max_requeues)
+    except RuntimeError as err:  # submitit's "Could not detect srun"
+        raise ConfigError(f"launch.backend=slurm: {err}") from None
+    executor.update_parameters(**slurm_parameters(cfg, ray))
+    return executor.submit(SlurmTask(entry, cfg, ray))
