@@ -301,5 +301,6 @@ def build_loader(
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=2 if cfg.data.num_workers > 0 else None,
         persistent_workers=False,
+        generator=torch.Generator().manual_seed(cfg.seed),  # leaves the global RNG to the model: exact resume
     )
     return loader, dataset

@@ -1,0 +1,254 @@
+"""Real DeepSpeed training on CPU through `trajtok train`: 2 gloo processes on synthetic shards.
+
+One uninterrupted ZeRO-2 run is the reference; a second run with the same settings is SIGKILLed (every
+process: launcher, ranks, loader workers) after its step-8 checkpoint and started again, and must finish
+on the same loss curve, with the same weights, in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import psutil
+import pytest
+import torch
+from safetensors import safe_open
+
+from launch.cli import main as cli
+from trajtok.config import load_config
+from trajtok.train.checkpoint import WEIGHTS_FILE, complete_checkpoints, load_exported
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny-cpu.yaml"
+STEPS = 16
+
+
+def _overrides(shards: str, run_dir: Path, db: Path, *extra: str) -> list[str]:
+    return [
+        f"data.shards={shards}",
+        f"run_dir={run_dir}",
+        f"tracking.uri=sqlite:///{db}",
+        "tracking.system_metrics=false",
+        f"train.steps={STEPS}",
+        "train.batch_size=4",
+        "train.warmup_steps=2",
+        "train.log_every=1",
+        "train.checkpoint_every=4",
+        "train.overlay_every=8",
+        "data.samples_per_epoch=64",
+        *extra,
+    ]
+
+
+def _train(*overrides: str) -> None:
+    assert cli(["train", str(CONFIG), *overrides]) == 0
+
+
+def _history(db: Path, run_dir: Path, key: str = "train/loss") -> dict[int, float]:
+    """Metric by step; where a killed attempt and its resume both logged a step, the later value."""
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    points = sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)
+    return {m.step: m.value for m in points}
+
+
+@pytest.fixture(scope="module")
+def tracking_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+
+
+@pytest.fixture(scope="module")
+def reference_run(synthetic_shards, tracking_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted ZeRO-2 run the other tests compare with."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    _train(*_overrides(synthetic_shards.pattern, run_dir, tracking_db, "train.zero_stage=2"))
+    return run_dir
+
+
+def test_zero2_loss_falls_and_the_run_is_tracked(reference_run: Path, tracking_db: Path):
+    losses = _history(tracking_db, reference_run)
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    assert all(math.isfinite(v) for v in losses.values())
+    first, last = [losses[s] for s in (1, 2, 3, 4)], [losses[s] for s in range(STEPS - 3, STEPS + 1)]
+    assert sum(last) / 4 < 0.85 * sum(first) / 4, losses
+
+    client = mlflow.MlflowClient(f"sqlite:///{tracking_db}")
+    run = client.get_run((reference_run / "mlflow_run_id").read_text().strip())
+    assert run.info.status == "FINISHED"
+    for key in (
+        "lr",
+        "temperature",
+        "samples_per_s",
+        "samples_per_s_per_gpu",
+        "data_wait_frac",
+        "tokens_per_clip/mean",
+        "tokens_per_clip/min",
+        "tokens_per_clip/max",
+        "memory_gib",
+        "loss/contrastive",
+        "loss/focal",
+        "loss/dice",
+        "data/skipped",
+        "epoch",
+    ):
+        assert f"train/{key}" in run.data.metrics, key
+    assert run.data.metrics["train/samples_per_s"] == pytest.approx(
+        2 * run.data.metrics["train/samples_per_s_per_gpu"]
+    )
+    assert run.data.params["train.zero_stage"] == "2"
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "train-shards"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "provenance.json", WEIGHTS_FILE} <= artifacts
+    assert any("trajectories" in p for p in _all_artifacts(client, run.info.run_id)), "no overlay image"
+
+    kept = [p.name for p in complete_checkpoints(reference_run)]
+    assert kept == ["step-00000012", "step-00000016"]  # train.keep_checkpoints=2
+
+
+def _all_artifacts(client: mlflow.MlflowClient, run_id: str, path: str | None = None) -> list[str]:
+    found = []
+    for item in client.list_artifacts(run_id, path):
+        found += _all_artifacts(client, run_id, item.path) if item.is_dir else [item.path]
+    return found
+
+
+def test_exported_weights_rebuild_the_model(reference_run: Path, synthetic_shards):
+    model, metadata = load_exported(reference_run / WEIGHTS_FILE)
+    assert metadata["step"] == str(STEPS) and model.registry_name == "trajvit2"
+    assert model.logit_scale.log_scale.shape == ()  # the registry's shapes, not the engine's vectors
+    with safe_open(str(reference_run / WEIGHTS_FILE), "pt") as f:
+        assert set(f.keys()) == set(model.state_dict())
+    cfg = load_config(CONFIG)
+    assert not torch.equal(
+        model.state_dict()["video_head.proj.weight"], _fresh_state(cfg)["video_head.proj.weight"]
+    )  # trained, not the initial weights
+    out = model.eval()(torch.randn(2, 8, 3, 64, 64))
+    assert out.video_embedding.shape == (2, model.video_head.proj.out_features)
+
+
+def _fresh_state(cfg) -> dict[str, torch.Tensor]:
+    from trajtok.models.registry import build_model
+
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model, cfg.clip).state_dict()
+
+
+def _kill_everything(root: subprocess.Popen) -> None:
+    """SIGKILL the launcher, its ranks (own sessions) and their loader workers at once: a crashed node."""
+    parent = psutil.Process(root.pid)
+    procs = [parent, *parent.children(recursive=True)]
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):  # a worker that exited on its own meanwhile
+            proc.send_signal(signal.SIGKILL)
+    psutil.wait_procs(procs, timeout=30)
+    root.wait(timeout=30)
+
+
+def test_killed_run_resumes_on_the_same_curve_and_mlflow_run(
+    reference_run: Path, synthetic_shards, tracking_db: Path, tmp_path: Path
+):
+    run_dir = tmp_path / "killed"
+    overrides = _overrides(synthetic_shards.pattern, run_dir, tracking_db, "train.zero_stage=2")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "launch.cli", "train", str(CONFIG), *overrides],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    marker = run_dir / "checkpoints" / "step-00000008" / "state.json"
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        assert first.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline, "no step-8 checkpoint in time"
+        time.sleep(0.05)
+    _kill_everything(first)
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    assert not (run_dir / WEIGHTS_FILE).exists()
+
+    _train(*overrides)  # train.resume=auto (the default): what a requeued job does
+
+    assert (run_dir / "mlflow_run_id").read_text().strip() == run_id
+    reference, resumed = _history(tracking_db, reference_run), _history(tracking_db, run_dir)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-4, abs=1e-5), step
+    client = mlflow.MlflowClient(f"sqlite:///{tracking_db}")
+    assert client.get_run(run_id).info.status == "FINISHED"
+    runs = client.search_runs(
+        [client.get_run(run_id).info.experiment_id], f"tags.run_dir = '{run_dir.resolve()}'"
+    )
+    assert [r.info.run_id for r in runs] == [run_id]
+    with (
+        safe_open(str(reference_run / WEIGHTS_FILE), "pt") as a,
+        safe_open(str(run_dir / WEIGHTS_FILE), "pt") as b,
+    ):
+        for key in a.keys():  # noqa: SIM118 (a safetensors file, not a dict)
+            assert torch.allclose(a.get_tensor(key), b.get_tensor(key), rtol=1e-4, atol=1e-6), key
+
+
+def test_zero1_bf16_training_falls(synthetic_shards, tracking_db: Path, tmp_path: Path):
+    run_dir = tmp_path / "zero1"
+    _train(
+        *_overrides(
+            synthetic_shards.pattern, run_dir, tracking_db, "train.zero_stage=1", "train.precision=bf16"
+        )
+    )
+    losses = _history(tracking_db, run_dir)
+    assert sum(losses[s] for s in range(STEPS - 3, STEPS + 1)) < 0.85 * sum(losses[s] for s in (1, 2, 3, 4))
+    assert _history(tracking_db, run_dir, "train/memory_gib")[STEPS] > 0
+
+
+@pytest.mark.parametrize("name", ["vit3d", "segmenter"])
+def test_other_models_train_in_one_process(name: str, synthetic_shards, tmp_path: Path):
+    run_dir = tmp_path / name
+    _train(
+        *_overrides(
+            synthetic_shards.pattern,
+            run_dir,
+            tmp_path / "unused.db",
+            f"model.name={name}",
+            "train.zero_stage=0",
+            "tracking.enabled=false",
+            "train.steps=4",
+            "launch.nproc=1",
+        )
+    )
+    model, metadata = load_exported(run_dir / WEIGHTS_FILE)
+    assert model.registry_name == name
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="ZeRO-3 gathers a module's parameters for backward through hooks on its outputs, and DeepSpeed "
+    "0.19.8 finds tensors only in tuples, lists and dicts; our modules return dataclasses (Segmentation, "
+    "VideoTokens, ModelOutput), so the backward meets partitioned parameters",
+)
+def test_zero3_trains(synthetic_shards, tmp_path: Path):
+    overrides = _overrides(synthetic_shards.pattern, tmp_path / "zero3", tmp_path / "unused.db")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.cli",
+            "train",
+            str(CONFIG),
+            *overrides,
+            "train.zero_stage=3",
+            "tracking.enabled=false",
+            "train.steps=2",
+            "launch.nproc=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    known_defect = "must match the size of tensor" in proc.stdout
+    assert not known_defect, "backward met a partitioned parameter"
+    if proc.returncode != 0:  # any other failure is a real one, not the known defect
+        raise RuntimeError(proc.stdout[-3000:])

@@ -1,0 +1,204 @@
+"""Checkpoints: DeepSpeed state + our training state, the last k kept, resume, and weights for evaluation.
+
+Layout under the run directory:
+    checkpoints/step-00000050/   DeepSpeed files (model, ZeRO partitions), rng-rank<r>.pt per rank,
+                                 and state.json, written last by rank 0: the checkpoint's completion marker
+    weights.safetensors          consolidated fp32 weights of the final model, with the config in metadata
+A checkpoint without state.json (a job killed while saving) is never resumed from and is removed by the
+next save. RNG states are per rank (DeepSpeed keeps client state only in rank 0's file), so a resumed run
+draws the same random numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import deepspeed
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from trajtok.config import ClipConfig, ModelConfig
+from trajtok.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "state.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint, restored on resume."""
+
+    step: int = 0  # optimizer steps done
+    batches: int = 0  # batches this rank has taken from the loader: the data position
+    epoch: int = 0  # virtual epoch of the next batch
+    mlflow_run_id: str = ""
+    config_digest: str = ""  # of the whole resolved config
+    model_digest: str = ""  # of model + clip: a checkpoint loads only into the same model
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    return sorted(p.parent for p in root.glob(f"step-*/{STATE_FILE}"))
+
+
+def resolve_resume(resume: str, run_dir: str | Path) -> Path | None:
+    """The checkpoint `train.resume` points at: `auto` (the run's newest, if any), `none`, or a path.
+
+    A path may be one checkpoint or a run's `checkpoints/` directory (its newest is taken).
+    """
+    if resume == "none":
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if (path / STATE_FILE).is_file():
+        return path
+    found = sorted(p.parent for p in path.glob(f"step-*/{STATE_FILE}"))
+    if not found:
+        raise ConfigError(f"train.resume '{resume}': no complete checkpoint there (expected {STATE_FILE})")
+    return found[-1]
+
+
+def save_checkpoint(
+    engine: deepspeed.DeepSpeedEngine, run_dir: str | Path, state: TrainState, keep: int
+) -> Path:
+    """Save on every rank (all must call), mark complete on rank 0, then drop all but the newest `keep`."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    name = checkpoint_name(state.step)
+    engine.save_checkpoint(
+        str(root), tag=name, client_state={"train_state": asdict(state)}, save_latest=False
+    )
+    target = root / name
+    torch.save(_rng_state(), target / f"rng-rank{engine.global_rank}.pt")
+    torch.distributed.barrier()
+    if engine.global_rank == 0:
+        tmp = target / f"{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(asdict(state), indent=1))
+        tmp.rename(target / STATE_FILE)
+        _retain(root, keep, target)
+    torch.distributed.barrier()
+    return target
+
+
+def _retain(root: Path, keep: int, newest: Path) -> None:
+    """Remove complete checkpoints beyond the newest `keep`, and any incomplete one (a killed save)."""
+    complete = complete_checkpoints(root.parent)
+    doomed = set(complete[: max(len(complete) - keep, 0)])
+    doomed |= {p for p in root.glob("step-*") if p.is_dir() and not (p / STATE_FILE).exists()}
+    for path in sorted(doomed - {newest}):
+        log.info("removing old checkpoint %s", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def load_checkpoint(engine: deepspeed.DeepSpeedEngine, path: Path, model_digest: str) -> TrainState:
+    """Restore engine, optimizer and this rank's RNG from `path`; refuse a checkpoint of another model."""
+    state = TrainState(**json.loads((path / STATE_FILE).read_text()))
+    if state.model_digest and state.model_digest != model_digest:
+        raise ConfigError(
+            f"train.resume: {path} holds a different model or clip config than this job "
+            f"(digest {state.model_digest} != {model_digest}); use train.resume=none to start afresh"
+        )
+    loaded, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_lr_scheduler_states=False)
+    if loaded is None:
+        raise ConfigError(f"train.resume: DeepSpeed could not load {path}")
+    rng_file = path / f"rng-rank{engine.global_rank}.pt"
+    if rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+    else:  # resumed on more ranks than were saved: the new ranks keep their fresh seeds
+        log.warning("%s has no RNG state for rank %d", path, engine.global_rank)
+    return state
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def consolidated_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """fp32 weights of a checkpoint, whatever its ZeRO stage or precision (run it on one process)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    if any(path.glob("*optim_states.pt")):
+        state = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
+    else:  # ZeRO stage 0 in fp32: the module's weights are the master weights
+        state = torch.load(path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)[
+            "module"
+        ]
+    return {name: tensor.float().contiguous().clone() for name, tensor in state.items()}
+
+
+def export_weights(
+    checkpoint: Path, out: str | Path, model_cfg: ModelConfig, clip_cfg: ClipConfig, step: int
+) -> Path:
+    """Write a checkpoint's consolidated weights as safetensors, with what `load_exported` needs to rebuild
+    the model (registry name and configs) in the metadata."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "model": json.dumps(asdict(model_cfg)),
+        "clip": json.dumps(asdict(clip_cfg)),
+        "step": str(step),
+        "source": str(checkpoint),
+    }
+    from trajtok.models.registry import build_model
+
+    with torch.device("meta"):  # shapes only: the engine stores 0-dim parameters as 1-element vectors
+        shapes = {name: p.shape for name, p in build_model(model_cfg, clip_cfg).state_dict().items()}
+    weights = {name: t.reshape(shapes[name]) for name, t in consolidated_state_dict(checkpoint).items()}
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(weights, str(tmp), metadata=metadata)
+    tmp.rename(out)
+    return out
+
+
+def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, str]]:
+    """The model of an exported weights file, built through the registry, and the file's metadata."""
+    from safetensors.torch import load_file
+
+    from trajtok.models.registry import build_model
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    model = build_model(
+        _schema(ModelConfig, metadata, "model", path), _schema(ClipConfig, metadata, "clip", path)
+    )
+    model.load_state_dict(load_file(str(path)))
+    return model, metadata
+
+
+def _schema(schema: type, metadata: dict[str, str], key: str, path: str | Path):
+    """A config group from the file's metadata, checked against this version's schema."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), json.loads(metadata[key]))
+        return OmegaConf.to_object(merged)
+    except (KeyError, ValueError, OmegaConfBaseException) as err:
+        raise ConfigError(f"{path}: metadata '{key}' does not fit this version's config: {err}") from None

@@ -1,0 +1,92 @@
+"""The DeepSpeed engine, built from `JobConfig.train`: ZeRO stage, precision, accumulation, clipping, AdamW.
+
+The optimizer is plain `torch.optim.AdamW` built here and handed to DeepSpeed: it needs no JIT-compiled
+C++ op (DeepSpeed's CPUAdam/FusedAdam take ~35 s each to build on first use), runs on CPU and GPU alike
+(fused kernels on CUDA), and ZeRO partitions its state the same way. The learning rate is set by the loop
+each step (`trajtok.train.schedule`), so DeepSpeed gets no scheduler.
+"""
+
+from __future__ import annotations
+
+import deepspeed
+import torch
+from torch import nn
+
+from trajtok.config import TrainConfig
+from trajtok.errors import ConfigError
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_train_config(train: TrainConfig, on_gpu: bool) -> None:
+    """Refuse settings DeepSpeed would reject later with a long traceback."""
+    if train.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"train.zero_stage {train.zero_stage}: expected 0, 1, 2 or 3")
+    if train.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision '{train.precision}': expected one of {', '.join(PRECISIONS)}")
+    if train.precision == "fp16" and not on_gpu:
+        raise ConfigError("train.precision fp16: not supported by DeepSpeed on CPU; use bf16 or fp32")
+    if train.batch_size < 1 or train.grad_accum < 1 or train.steps < 1:
+        raise ConfigError("train.batch_size, train.grad_accum and train.steps must be >= 1")
+
+
+def deepspeed_config(train: TrainConfig, world_size: int) -> dict:
+    """The DeepSpeed JSON config for a run of `world_size` ranks."""
+    return {
+        "train_micro_batch_size_per_gpu": train.batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": train.batch_size * train.grad_accum * world_size,
+        "gradient_clipping": train.grad_clip,
+        "zero_optimization": {"stage": train.zero_stage},
+        "zero_allow_untested_optimizer": True,  # our torch AdamW: ZeRO only partitions its state
+        "bf16": {"enabled": train.precision == "bf16"},
+        "fp16": {"enabled": train.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "steps_per_print": 2**31 - 1,  # the loop logs; DeepSpeed's own step prints stay off
+        "wall_clock_breakdown": False,
+    }
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices and convolutions; leave biases, norms, the temperature and other 1-d params alone."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def scalars_as_vectors(model: nn.Module) -> None:
+    """Turn 0-dim parameters (the learned temperature, the segmenter's scale) into 1-element vectors.
+
+    DeepSpeed 0.19.8 broadcasts and partitions parameters through byte views (`p.data.view(torch.uint8)`),
+    which a 0-dim tensor cannot take. Every use of these parameters broadcasts, so the model computes the
+    same; `checkpoint.export_weights` gives them back the registry's shapes.
+    """
+    for param in model.parameters():
+        if param.ndim == 0:
+            param.data = param.data.reshape(1)
+
+
+def build_engine(model: nn.Module, train: TrainConfig, world_size: int) -> deepspeed.DeepSpeedEngine:
+    """Wrap `model` in a DeepSpeed engine with our AdamW (the process group must already exist)."""
+    on_gpu = torch.cuda.is_available()
+    check_train_config(train, on_gpu)
+    scalars_as_vectors(model)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, train.weight_decay), lr=train.lr, betas=(0.9, 0.98), eps=1e-6, fused=on_gpu
+    )
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=deepspeed_config(train, world_size)
+    )
+    return engine
+
+
+def set_lr(engine: deepspeed.DeepSpeedEngine, lr: float) -> None:
+    """Set the learning rate of every parameter group (through ZeRO's wrapper, which shares the groups)."""
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+
+
+def compute_dtype(train: TrainConfig) -> torch.dtype:
+    """The dtype the engine keeps the module in, hence the dtype of its float inputs."""
+    return PRECISIONS[train.precision]

@@ -1,0 +1,149 @@
+"""The training loop, top to bottom: `main(cfg)` is one rank of `trajtok train` / `trajtok submit train`.
+
+Every rank runs this function; its place in the job comes from the environment the launcher set
+(`trajtok.distributed`). One step = `train.grad_accum` micro-batches through the DeepSpeed engine; the
+learning rate is a function of the step; logs, trajectory overlays and checkpoints happen every N steps.
+A resumed job (`train.resume=auto`, what a requeue uses) continues from its newest checkpoint with the
+same data order, the same RNG streams and the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trajtok.config import JobConfig, config_digest
+from trajtok.data.loader import build_loader, expand_shards
+from trajtok.distributed import init_process_group
+from trajtok.errors import ConfigError
+from trajtok.losses import total_loss
+from trajtok.models.output import ModelOutput
+from trajtok.models.registry import build_model
+from trajtok.models.text import build_tokenizer
+from trajtok.tracking import start_tracker
+from trajtok.train.checkpoint import (
+    WEIGHTS_FILE,
+    TrainState,
+    export_weights,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+)
+from trajtok.train.engine import build_engine, check_train_config, compute_dtype, set_lr
+from trajtok.train.metrics import TrainMeter, format_line
+from trajtok.train.schedule import lr_at
+from trajtok.viz import overlay_grid
+
+log = logging.getLogger("trajtok.train")
+
+TRAINABLE = ("trajvit2", "vit3d", "segmenter")  # trajadapter probes frozen features: evaluation's job
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_job(cfg: JobConfig) -> None:
+    """Refuse a config this loop cannot run, before any process starts."""
+    if cfg.model.name not in TRAINABLE:
+        raise ConfigError(f"model.name '{cfg.model.name}': train takes one of {', '.join(TRAINABLE)}")
+    if not expand_shards(cfg.data.shards):
+        raise ConfigError(f"data.shards '{cfg.data.shards}': names no shard")
+    check_train_config(cfg.train, on_gpu=torch.cuda.is_available())
+
+
+def main(cfg: JobConfig) -> int:
+    """Train `cfg.model` on `cfg.data.shards` as one rank of the job; returns 0 when training is done."""
+    check_job(cfg)
+    env = init_process_group()
+    rank, world_size = env.rank, env.world_size
+    device = torch.device("cuda", env.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    _setup_logging(rank)
+    mode = "segmenter" if cfg.model.name == "segmenter" else "joint"
+
+    # model and engine: the same seed on every rank, so the same initial weights and the same random draws
+    # in the forward (tokens per trajectory), which keeps the ranks' work balanced
+    torch.manual_seed(cfg.seed)
+    engine = build_engine(build_model(cfg.model, cfg.clip), cfg.train, world_size)
+    dtype = compute_dtype(cfg.train)
+
+    # resume: weights, optimizer, RNG and data position from the newest checkpoint (or the one named)
+    state = TrainState(config_digest=config_digest(cfg), model_digest=config_digest(cfg.model))
+    checkpoint = resolve_resume(cfg.train.resume, cfg.run_dir)
+    if checkpoint is not None:
+        saved = load_checkpoint(engine, checkpoint, state.model_digest)
+        state.step, state.batches, state.epoch = saved.step, saved.batches, saved.epoch
+        log.info("resumed from %s at step %d", checkpoint, state.step)
+    tracker = start_tracker(cfg, rank)  # a requeued job finds its MLflow run id in the run directory
+    state.mlflow_run_id = tracker.run_id or ""
+    tracker.log_dataset(expand_shards(cfg.data.shards), "train-shards")
+
+    loader, dataset = build_loader(cfg, rank, world_size, start_batch=state.batches)
+    batches = iter(loader)
+    tokenizer = build_tokenizer(cfg.model.text_tokenizer) if mode == "joint" else None
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 1, 3, 1, 1) * 255
+    meter = TrainMeter(world_size, device)
+    engine.train()
+
+    while state.step < cfg.train.steps:
+        lr = lr_at(state.step, cfg.train)
+        set_lr(engine, lr)
+        for _ in range(cfg.train.grad_accum):
+            with meter.waiting_for_data():
+                batch = next(batches)
+            state.batches += 1
+            frames = ((batch["frames"].to(device, non_blocking=True).float() - mean) / std).to(dtype)
+            labels = batch["labels"].to(device, non_blocking=True)
+            if tokenizer is not None:
+                ids, mask = tokenizer.encode_batch(batch["captions"], cfg.model.text_max_len)
+                output = engine(frames, ids.to(device), mask.to(device))
+            else:
+                output = engine(frames)
+            parts = total_loss(output, labels, cfg.train.loss, mode)
+            engine.backward(parts["loss"])
+            engine.step()
+            meter.add(parts, output, batch)
+        state.step += 1
+        state.epoch = state.batches // dataset.batches_per_epoch
+        last = state.step == cfg.train.steps
+
+        if state.step % cfg.train.log_every == 0 or last:
+            metrics = meter.flush()
+            metrics.update(lr=lr, epoch=state.epoch)
+            if output.logit_scale is not None:
+                metrics["temperature"] = 1.0 / output.logit_scale.float().item()
+            if rank == 0:
+                log.info(format_line(state.step, cfg.train.steps, lr, metrics.get("temperature"), metrics))
+            tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=state.step)
+        every = cfg.train.overlay_every
+        if rank == 0 and output.seg_logits is not None and (last or (every and state.step % every == 0)):
+            tracker.log_image(
+                trajectory_picture(batch["frames"][0], output), "train/trajectories", state.step
+            )
+        if state.step % cfg.train.checkpoint_every == 0 or last:
+            save_checkpoint(engine, cfg.run_dir, state, cfg.train.keep_checkpoints)
+
+    if rank == 0:
+        final = resolve_resume("auto", cfg.run_dir)
+        weights = export_weights(final, Path(cfg.run_dir) / WEIGHTS_FILE, cfg.model, cfg.clip, state.step)
+        tracker.log_artifact(weights)
+        log.info("trained %d steps; weights in %s", state.step, weights)
+    tracker.close()
+    torch.distributed.barrier()
+    return 0
+
+
+def trajectory_picture(frames: torch.Tensor, output: ModelOutput) -> np.ndarray:
+    """The first clip of a batch, (T, 3, H, W) uint8, tinted with the model's own hard trajectories."""
+    t, h, w = output.seg_grid
+    ids = output.seg_logits[0].argmax(dim=-1).view(t, h, w) + 1  # trajectory k -> id k + 1 (0 = unlabeled)
+    return overlay_grid(frames.permute(0, 2, 3, 1).numpy(), ids.cpu().numpy().astype(np.uint16))
+
+
+def _setup_logging(rank: int) -> None:
+    """Rank 0 prints the step lines; the other ranks only warnings (a logging set-up by the caller wins)."""
+    if not logging.getLogger().handlers:
+        level = logging.INFO if rank == 0 else logging.WARNING
+        logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=level)
