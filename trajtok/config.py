@@ -70,6 +70,10 @@ class ModelConfig:
     text_max_len: int = 64  # caption tokens (bytes for the default tokenizer)
     num_classes: int = 0  # trajadapter's classifier outputs
     adapter_feature_dim: int = 768  # C of the frozen feature map (B, T, h, w, C) trajadapter probes
+    packed: bool = True  # trajectory tokens read only their own pixels, by index (no dense mask)
+    tome_r: int = 0  # vit3d + token merging (ToMe): tokens merged per transformer block; 0 = off
+    channels_last: bool = False  # NHWC convolutions in the backbone (faster with bf16 on GPUs)
+    compile: bool = False  # torch.compile each model part (GPU; costs start-up time)
 
 
 @dataclass

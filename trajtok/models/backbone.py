@@ -71,11 +71,18 @@ class ConvNeXtBackbone(nn.Module):
             for width in widths
         )
         self.feature_dim = feature_dim
+        self.memory_format = torch.contiguous_format
+
+    def use_channels_last(self) -> None:
+        """Run the convolutions in NHWC: the layout tensor-core kernels want, and the one the blocks'
+        LayerNorms and MLPs already work in, so their permutes stop copying."""
+        self.memory_format = torch.channels_last
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, Grid]:
         batch, time, _, height, width = frames.shape
         size = (height // 4, width // 4)
-        x = self.stem(frames.flatten(0, 1))
+        x = self.stem(frames.flatten(0, 1).contiguous(memory_format=self.memory_format))
         dense = 0
         for stage, projection in zip(self.stages, self.projections):
             x = stage(x)

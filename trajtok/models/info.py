@@ -10,13 +10,33 @@ import dataclasses
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from trajtok.config import ClipConfig, ModelConfig
 from trajtok.models.clip_model import VideoTextModel
 from trajtok.models.registry import build_model
 from trajtok.models.sizes import resolve_size
 from trajtok.models.vit3d import TUBELET
+
+
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FlopCounterMode, also counting the CPU attention kernel (torch counts the CUDA ones only)."""
+    aten = torch.ops.aten
+    return FlopCounterMode(
+        display=False,
+        custom_mapping={
+            aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+        },
+    )
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -26,7 +46,7 @@ def _count(module: torch.nn.Module) -> int:
 def _gflops(run) -> float | None:
     """GFLOPs of `run()` on meta tensors; None when it needs data (a Hugging Face text model's masks)."""
     try:
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             run()
     except RuntimeError as err:
         if "meta" not in str(err):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from trajtok.models.attention import Attention, GatedMlp, multi_head_attention
+from trajtok.models.packing import TrajectoryGroups
 from trajtok.models.positions import Grid, RotaryEmbedding, apply_rotary
 
 
@@ -37,12 +38,19 @@ class PerceiverBlock(nn.Module):
         values: torch.Tensor,
         cross_mask: torch.Tensor | None = None,
         self_mask: torch.Tensor | None = None,
+        groups: TrajectoryGroups | None = None,
     ) -> torch.Tensor:
         queries = self.to_q(self.norm_cross(latents))
-        latents = latents + self.cross_proj(
-            multi_head_attention(queries, keys, values, self.heads, cross_mask)
-        )
-        latents = latents + self.self_attn(self.norm_self(latents), mask=self_mask)
+        if groups is None:
+            read = multi_head_attention(queries, keys, values, self.heads, cross_mask)
+        else:  # packed: each trajectory's latents read its own pixels, no dense mask
+            read = groups.cross_attention(queries, keys, values, self.heads)
+        latents = latents + self.cross_proj(read)
+        normed = self.norm_self(latents)
+        if groups is None:
+            latents = latents + self.self_attn(normed, mask=self_mask)
+        else:
+            latents = latents + groups.self_attention(self.self_attn, normed)
         return latents + self.mlp(self.norm_mlp(latents))
 
 
@@ -67,13 +75,14 @@ class Perceiver(nn.Module):
         grid: Grid,
         cross_mask: torch.Tensor | None = None,
         self_mask: torch.Tensor | None = None,
+        groups: TrajectoryGroups | None = None,
     ) -> torch.Tensor:
-        """Masks are boolean, True = may attend: cross (B, L, T*h*w), self (B or 1, L, L)."""
+        """Masks are boolean, True = may attend: cross (B, L, T*h*w), self (B or 1, L, L); or `groups`."""
         batch, length, dim = context.shape
         keys, values = self.to_kv(self.norm_context(context)).chunk(2, dim=-1)
         cos, sin = self.rotary(grid, context.device)
         keys = keys.reshape(batch, length, self.heads, dim // self.heads)
         keys = apply_rotary(keys, cos[:, None], sin[:, None]).reshape(batch, length, dim)
         for block in self.blocks:
-            latents = block(latents, keys, values, cross_mask, self_mask)
+            latents = block(latents, keys, values, cross_mask, self_mask, groups)
         return self.norm(latents)

@@ -37,6 +37,7 @@ from trajtok.models.clip_model import VideoTextModel
 from trajtok.models.segmenter import Segmenter, VideoSegmenter
 from trajtok.models.sizes import TRANSFORMER_SIZES, ModelSize, resolve_size
 from trajtok.models.text import build_text_tower, build_tokenizer
+from trajtok.models.tome import ToMeTransformer
 from trajtok.models.trajadapter import TrajAdapter
 from trajtok.models.trajectory_encoder import MAX_TOKENS_PER_TRAJECTORY, TrajectoryEncoder
 from trajtok.models.trajvit2 import TrajectoryTokenizer
@@ -58,6 +59,8 @@ def _video_segmenter(cfg: ModelConfig, size: ModelSize) -> VideoSegmenter:
     backbone = ConvNeXtBackbone(size.stage_widths, size.stage_depths, size.feature_dim)
     if cfg.backbone_weights and backbone.stem[0].weight.device.type != "meta":  # shapes-only builds read none
         backbone.load_convnext_weights(cfg.backbone_weights)
+    if cfg.channels_last:
+        backbone.use_channels_last()
     return VideoSegmenter(backbone, _segmenter_head(cfg, size))
 
 
@@ -69,6 +72,7 @@ def _trajectory_encoder(cfg: ModelConfig, size: ModelSize) -> TrajectoryEncoder:
         cfg.rotary,
         train_tokens_per_trajectory=tuple(cfg.tokens_per_trajectory),
         eval_tokens_per_trajectory=cfg.eval_tokens_per_trajectory,
+        packed=cfg.packed,
     )
 
 
@@ -76,9 +80,9 @@ def _video_text_model(cfg: ModelConfig, size: ModelSize, tokenizer: nn.Module) -
     text_tower = build_text_tower(
         cfg.text_tokenizer, build_tokenizer(cfg.text_tokenizer), cfg.text_max_len, size.text
     )
-    return VideoTextModel(
-        tokenizer, Transformer(TRANSFORMER_SIZES[size.transformer]), text_tower, size.embed_dim
-    )
+    layers = TRANSFORMER_SIZES[size.transformer]
+    transformer = ToMeTransformer(layers, cfg.tome_r) if cfg.tome_r else Transformer(layers)
+    return VideoTextModel(tokenizer, transformer, text_tower, size.embed_dim)
 
 
 def _trajvit2(cfg: ModelConfig, size: ModelSize) -> nn.Module:
@@ -127,6 +131,8 @@ def _check(cfg: ModelConfig, clip_cfg: ClipConfig) -> None:
         )
     if cfg.rotary not in ("1d", "3d"):
         raise ConfigError(f"model.rotary '{cfg.rotary}': expected 1d or 3d")
+    if cfg.tome_r < 0 or (cfg.tome_r and cfg.name != "vit3d"):
+        raise ConfigError(f"model.tome_r {cfg.tome_r}: token merging is a vit3d option, with r >= 0")
     multiple = TUBELET[1] if cfg.name == "vit3d" else 4
     if cfg.name != "trajadapter" and clip_cfg.size % multiple:
         raise ConfigError(f"clip.size {clip_cfg.size}: {cfg.name} needs a multiple of {multiple}")
@@ -137,4 +143,17 @@ def build_model(model_cfg: ModelConfig, clip_cfg: ClipConfig) -> nn.Module:
     _check(model_cfg, clip_cfg)
     model = MODELS[model_cfg.name](model_cfg, _size(model_cfg))
     model.registry_name = model_cfg.name
+    if model_cfg.compile:
+        compile_parts(model)
     return model
+
+
+def compile_parts(model: nn.Module) -> None:
+    """torch.compile each part in place (state-dict names and `parts()` stay as they are).
+
+    Parts, not the whole model: TrajViT2 draws tokens per trajectory in Python each step, which would break
+    one whole-model graph; per part, each n is one more cached graph of the encoder.
+    """
+    for part in model.parts().values():
+        if not isinstance(part, nn.ModuleList):
+            part.compile()

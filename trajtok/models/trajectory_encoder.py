@@ -4,7 +4,8 @@ Tokens start from the soft-mask-weighted mean of the features: that mean is the 
 from the downstream (contrastive) loss back into the segmenter, which is how the video objective shapes
 the grouping. A Perceiver then refines them with cross-attention masked by the hard assignment (a token
 reads only its trajectory's pixels) and self-attention masked to the trajectory's own sub-tokens, so
-tokens of different trajectories never mix here and empty trajectories affect nothing.
+tokens of different trajectories never mix here and empty trajectories affect nothing. Packed (the default),
+the same attention runs by pixel index instead of through dense masks (`trajtok.models.packing`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trajtok.models.packing import TrajectoryGroups
 from trajtok.models.perceiver import Perceiver
 from trajtok.models.positions import fourier_features, sincos_3d
 from trajtok.models.segmenter import Segmentation
@@ -30,6 +32,7 @@ class TrajectoryEncoder(nn.Module):
         rotary: str = "1d",
         train_tokens_per_trajectory: tuple[int, ...] = (1, 2, 4),
         eval_tokens_per_trajectory: int = 1,
+        packed: bool = True,
     ):
         super().__init__()
         for n in (*train_tokens_per_trajectory, eval_tokens_per_trajectory):
@@ -37,6 +40,7 @@ class TrajectoryEncoder(nn.Module):
                 raise ValueError(f"tokens per trajectory must be in 1..{MAX_TOKENS_PER_TRAJECTORY}, got {n}")
         self.train_tokens_per_trajectory = tuple(train_tokens_per_trajectory)
         self.eval_tokens_per_trajectory = eval_tokens_per_trajectory
+        self.packed = packed
         self.sub_tokens = nn.Parameter(fourier_features(MAX_TOKENS_PER_TRAJECTORY, dim))
         self.perceiver = Perceiver(dim, depth, heads, rotary)
 
@@ -62,8 +66,12 @@ class TrajectoryEncoder(nn.Module):
         means = (weights @ context) / mass  # (B, K, D)
         tokens = (means[:, :, None, :] + self.sub_tokens[:n]).reshape(batch, num_trajectories * n, dim)
 
-        owner = torch.arange(num_trajectories, device=features.device).repeat_interleave(n)  # (K*n,)
-        cross_mask = segmentation.hard[:, None, :] == owner[None, :, None]  # (B, K*n, N)
-        self_mask = (owner[:, None] == owner[None, :])[None]  # (1, K*n, K*n)
-        tokens = self.perceiver(tokens, context, segmentation.grid, cross_mask, self_mask)
+        if self.packed:
+            groups = TrajectoryGroups(segmentation.hard, n)
+            tokens = self.perceiver(tokens, context, segmentation.grid, groups=groups)
+        else:
+            owner = torch.arange(num_trajectories, device=features.device).repeat_interleave(n)  # (K*n,)
+            cross_mask = segmentation.hard[:, None, :] == owner[None, :, None]  # (B, K*n, N)
+            self_mask = (owner[:, None] == owner[None, :])[None]  # (1, K*n, K*n)
+            tokens = self.perceiver(tokens, context, segmentation.grid, cross_mask, self_mask)
         return tokens, segmentation.present.repeat_interleave(n, dim=1)

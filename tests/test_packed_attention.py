@@ -1,0 +1,96 @@
+"""Packed trajectory attention equals the padded, densely masked path, for far less work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trajtok.config import ClipConfig, ModelConfig
+from trajtok.models.attention import multi_head_attention
+from trajtok.models.info import flop_counter
+from trajtok.models.packing import TrajectoryGroups
+from trajtok.models.registry import build_model
+
+torch.set_num_threads(1)
+PX = 32
+
+
+def twins(name: str = "trajvit2", **overrides) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The same weights, built padded (dense masks) and packed."""
+    clip = ClipConfig(frames=4, size=PX)
+    torch.manual_seed(0)
+    padded = build_model(ModelConfig(name=name, size="tiny", packed=False, **overrides), clip)
+    packed = build_model(ModelConfig(name=name, size="tiny", packed=True, **overrides), clip)
+    packed.load_state_dict(padded.state_dict())
+    return padded, packed
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_cross_attention_equals_the_masked_one(n: int) -> None:
+    torch.manual_seed(n)
+    batch, trajectories, pixels, dim, heads = 2, 5, 40, 16, 2
+    queries = torch.randn(batch, trajectories * n, dim)
+    keys, values = torch.randn(batch, pixels, dim), torch.randn(batch, pixels, dim)
+    owner = torch.randint(0, trajectories - 1, (batch, pixels))  # trajectory 4 owns nothing
+    owner[0, :3] = -1  # nor does anyone own these pixels
+    slot_owner = torch.arange(trajectories).repeat_interleave(n)
+    mask = owner[:, None, :] == slot_owner[None, :, None]
+    dense = multi_head_attention(queries, keys, values, heads, mask)
+    packed = TrajectoryGroups(owner, n).cross_attention(queries, keys, values, heads)
+    owns = mask.any(-1)
+    assert torch.allclose(packed[owns], dense[owns], atol=1e-5)
+    assert torch.equal(packed[~owns], torch.zeros_like(packed[~owns]))  # empty: zeros, dropped later
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_trajvit2_packed_equals_padded_outputs_and_gradients(n: int) -> None:
+    padded, packed = twins(tokens_per_trajectory=[n])
+    frames = torch.randn(2, 4, 3, PX, PX)
+    outputs = []
+    for model in (padded, packed):
+        torch.manual_seed(1)
+        video = model.tokenizer(frames)
+        out = model(frames)
+        out.video_embedding.square().sum().backward()
+        outputs.append(
+            (video, out, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+        )
+    (video_a, out_a, grads_a), (video_b, out_b, grads_b) = outputs
+    assert torch.equal(video_a.mask, video_b.mask) and video_a.mask.shape == (2, 16 * n)
+    assert torch.allclose(video_a.tokens[video_a.mask], video_b.tokens[video_b.mask], atol=1e-5)
+    assert torch.allclose(out_a.video_embedding, out_b.video_embedding, atol=1e-5)
+    assert grads_a.keys() == grads_b.keys()
+    for name, grad in grads_a.items():
+        assert torch.allclose(grad, grads_b[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_trajadapter_packed_equals_padded() -> None:
+    padded, packed = twins("trajadapter", num_classes=3, adapter_feature_dim=8)
+    features = torch.randn(2, 4, 5, 5, 8)
+    with torch.no_grad():
+        assert torch.allclose(
+            padded.eval()(features).class_logits, packed.eval()(features).class_logits, atol=1e-5
+        )
+
+
+def test_packed_agrees_under_bf16_autocast() -> None:
+    padded, packed = twins()
+    frames = torch.randn(2, 4, 3, PX, PX)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = padded.eval().encode_video(frames), packed.eval().encode_video(frames)
+    assert torch.allclose(a.float(), b.float(), atol=5e-2)
+
+
+def test_packed_encoder_does_a_fraction_of_the_attention_work() -> None:
+    """The dense path scores every token against every pixel; packed, each pixel meets its own tokens."""
+    clip = ClipConfig(frames=4, size=64)
+    flops = {}
+    for packed in (False, True):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(name="trajvit2", size="tiny", packed=packed), clip).eval()
+        features, segmentation = model.tokenizer.segmenter.segment(torch.randn(1, 4, 3, 64, 64))
+        model.tokenizer.encoder.eval_tokens_per_trajectory = 4
+        with torch.no_grad(), flop_counter() as counter:
+            model.tokenizer.encoder(features, segmentation)
+        flops[packed] = counter.get_total_flops()
+    assert flops[True] < 0.5 * flops[False]
