@@ -25,6 +25,7 @@ TARGETS: dict[str, Target] = {
         "trajtok.distributed:smoke",
         "cluster smoke test: all ranks all_reduce; rank 0 records the attempt in the run dir and MLflow",
     ),
+    "train": Target("trajtok.train.loop:main", "DeepSpeed training: a task per GPU (or launch.nproc)"),
     "shard": Target("pipeline.job:run_shard_job", "trajtok shard on a Ray cluster over the nodes", ray=True),
     "ray-smoke": Target(
         "launch.ray_cluster:smoke",
