@@ -13,3 +13,11 @@ test: setup
 
 lint: setup
 	.venv/bin/ruff check .
+
+# A one-node SLURM cluster on this machine (root; installs slurm-wlm, munge, MariaDB if missing) for trying
+# `trajtok submit ... launch.backend=slurm`; then `export SLURM_CONF=/tmp/slurm-local/etc/slurm.conf`.
+slurm-up:
+	@bash scripts/slurm-local.sh
+
+slurm-down:
+	@bash scripts/slurm-local-stop.sh

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,3 +92,49 @@ def synthetic_shards(tmp_path_factory: pytest.TempPathFactory) -> SyntheticShard
     pattern = write_synthetic_shards(directory, "video", 8, 4, frames=8, height=72, width=96, seed=0)
     image_pattern = write_synthetic_shards(directory, "image", 2, 4, frames=1, height=72, width=96, seed=1000)
     return SyntheticShards(directory, pattern, image_pattern, num_shards=8, clips_per_shard=4, frames=8)
+
+
+def _free_port_block(count: int) -> int:
+    """The first of `count` consecutive TCP ports that are all free right now."""
+    for _ in range(100):
+        base = random.randrange(30000, 60000 - count)
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as sock:
+                    sock.bind(("", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[Path]:
+    """A fresh one-node SLURM cluster for the session (scripts/slurm-local.sh, ROOT under /tmp, own ports).
+
+    Yields its slurm.conf, also exported as SLURM_CONF so sbatch, sacct and submitit find it. Where it cannot
+    start (not root, no apt) the tests are skipped with the reason, except under CI=true, where that fails.
+    """
+    root = Path(tempfile.mkdtemp(prefix="trajtok-slurm-"))
+    env = {**os.environ, "ROOT": str(root), "PORT": str(_free_port_block(3))}
+    previous = os.environ.get("SLURM_CONF")
+    try:
+        started = subprocess.run(
+            ["bash", str(REPO_ROOT / "scripts" / "slurm-local.sh")], env=env, capture_output=True, text=True
+        )
+        if started.returncode != 0:
+            detail = (started.stderr.strip().splitlines() or ["no message"])[-1]
+            reason = f"local SLURM cluster did not start (status {started.returncode}): {detail}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(reason)
+            pytest.skip(reason)
+        os.environ["SLURM_CONF"] = str(root / "etc" / "slurm.conf")
+        yield root / "etc" / "slurm.conf"
+    finally:
+        subprocess.run(["bash", str(REPO_ROOT / "scripts" / "slurm-local-stop.sh")], env=env, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+

@@ -1,0 +1,144 @@
+"""The SLURM launcher against a real one-node SLURM cluster (slurmctld, slurmd, slurmdbd, munge on loopback).
+
+The dry-run tests need no cluster. The others use the session's `slurm_cluster` fixture, which installs and
+starts SLURM where it can (root with apt) and skips where it cannot, except in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import submitit
+from mlflow import MlflowClient
+
+from launch.cli import main
+from launch.slurm import submit
+from trajtok.config import load_config
+
+JOB_TIMEOUT_S = 240
+
+
+def _wait_for(predicate, what: str, timeout: float = JOB_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def _results(job: submitit.Job) -> list:
+    """Every task's return value; the job is cancelled if it does not finish in time."""
+    try:
+        _wait_for(job.done, f"SLURM job {job.job_id}")
+    except BaseException:
+        job.cancel(check=False)
+        raise
+    return job.results()
+
+
+def _sbatch_lines(capsys: pytest.CaptureFixture, *overrides: str) -> set[str]:
+    assert main(["submit", *overrides, "launch.backend=slurm", "launch.dry_run=true"]) == 0
+    return set(capsys.readouterr().out.splitlines())
+
+
+def test_dry_run_prints_the_sbatch_script(capsys, tmp_path):
+    lines = _sbatch_lines(
+        capsys,
+        "smoke",
+        f"run_dir={tmp_path}",
+        "launch.nodes=4",
+        "launch.gpus_per_node=8",
+        "launch.cpus_per_task=10",
+        "launch.partition=gpu",
+        "launch.time=240",
+        "launch.mem_gb=400",
+    )
+    for line in ["--nodes=4", "--ntasks-per-node=8", "--gpus-per-node=8", "--cpus-per-task=10",
+                 "--partition=gpu", "--time=240", "--mem=400GB", "--signal=USR2@120",
+                 f"--output={tmp_path}/submitit/%j_0_log.out"]:
+        assert f"#SBATCH {line}" in lines
+    assert any(line.startswith("srun ") and "submitit.core._submit" in line for line in lines)
+    assert not list(tmp_path.iterdir()), "a dry run must not write anything"
+
+
+def test_dry_run_on_cpu_nodes_and_for_ray_jobs(capsys, tmp_path):
+    cpu = _sbatch_lines(capsys, "smoke", f"run_dir={tmp_path}", "launch.nproc=3", "launch.time=1")
+    assert {"#SBATCH --ntasks-per-node=3", "#SBATCH --time=1", "#SBATCH --signal=USR2@30"} <= cpu
+    assert not any("--gpus-per-node" in line or "--partition" in line for line in cpu)
+    ray = _sbatch_lines(capsys, "ray-smoke", f"run_dir={tmp_path}", "launch.nodes=3", "launch.nproc=4")
+    assert {"#SBATCH --nodes=3", "#SBATCH --ntasks-per-node=1"} <= ray  # one Ray node per SLURM node
+
+
+def _config(tmp_path: Path, *overrides: str):
+    return load_config(
+        None,
+        [
+            f"run_dir={tmp_path / 'runs'}",
+            "launch.backend=slurm",
+            "launch.cpus_per_task=1",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            "tracking.system_metrics=false",
+            *overrides,
+        ],
+    )
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(JOB_TIMEOUT_S + 60)
+def test_two_task_smoke_job_all_reduces_across_tasks(slurm_cluster, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the job's working directory
+    run_dir = tmp_path / "runs"
+    overrides = ["smoke", f"run_dir={run_dir}", "launch.backend=slurm", "launch.nproc=2", "launch.time=5",
+                 f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.system_metrics=false"]
+    assert main(["submit", *overrides]) == 0
+    out = capsys.readouterr().out
+    job_id = re.search(r"submitted job (\d+)", out).group(1)
+    log = Path(re.search(r"log: (\S+)", out).group(1))
+    job = submitit.SlurmJob(folder=run_dir / "submitit", job_id=job_id, tasks=(0, 1))
+    results = _results(job)
+    assert [r["rank"] for r in results] == [0, 1]
+    assert all(r["world_size"] == 2 and r["all_reduce"] == 3.0 and r["ok"] for r in results)
+    assert results[0]["mlflow_run_id"] == results[1]["mlflow_run_id"] is not None
+    assert log == run_dir / "submitit" / f"{job_id}_0_log.out" and '"rank": 0' in log.read_text()
+    job_dir = run_dir / job_id  # one output directory per job id
+    assert (job_dir / "mlflow_run_id").read_text().strip() == results[0]["mlflow_run_id"]
+    assert load_config(job_dir / "config.yaml").run_dir == str(job_dir)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(JOB_TIMEOUT_S + 60)
+def test_preempted_job_is_requeued_and_resumes_its_state_and_mlflow_run(slurm_cluster, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # A 60-minute limit makes submitit read the signal as a preemption; the first attempt holds 10 minutes.
+    cfg = _config(tmp_path, "launch.nproc=2", "launch.time=60", "launch.smoke_hold_s=600", "train.resume=none")
+    job = submit("trajtok.distributed:smoke", cfg)
+    job_dir = tmp_path / "runs" / job.job_id
+    attempts = job_dir / "smoke_attempts.json"
+    _wait_for(attempts.is_file, "the first attempt's saved state")
+    first_run_id = (job_dir / "mlflow_run_id").read_text().strip()
+    subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)  # what SLURM sends before preempting
+
+    results = _results(job)
+    assert [(r["rank"], r["attempt"], r["all_reduce"]) for r in results] == [(0, 2, 3.0), (1, 2, 3.0)]
+    assert {r["mlflow_run_id"] for r in results} == {first_run_id}
+    assert [a["job_id"] for a in json.loads(attempts.read_text())] == [job.job_id, job.job_id]
+    assert load_config(job_dir / "config.yaml").train.resume == "auto"  # what checkpoint() resubmitted
+    assert "Requeued job" in job.paths.stderr.read_text() or "Requeued job" in job.paths.stdout.read_text()
+    history = MlflowClient(cfg.tracking.uri).get_metric_history(first_run_id, "smoke/all_reduce")
+    assert sorted(m.step for m in history) == [1, 2]
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(JOB_TIMEOUT_S + 60)
+def test_ray_cluster_inside_a_slurm_job(slurm_cluster, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = _config(tmp_path, "launch.cpus_per_task=2", "launch.time=10")
+    job = submit("launch.ray_cluster:smoke", cfg, ray=True)
+    (result,) = _results(job)
+    assert result["nodes"] == 1 and result["cpus"] == 2
+    assert result["address"].endswith(f":{20000 + int(job.job_id) % 20000}")
