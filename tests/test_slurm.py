@@ -115,7 +115,8 @@ def test_two_task_smoke_job_all_reduces_across_tasks(slurm_cluster, tmp_path, ca
 def test_preempted_job_is_requeued_and_resumes_its_state_and_mlflow_run(slurm_cluster, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # A 60-minute limit makes submitit read the signal as a preemption; the first attempt holds 10 minutes.
-    cfg = _config(tmp_path, "launch.nproc=2", "launch.time=60", "launch.smoke_hold_s=600", "train.resume=none")
+    hold = ["launch.time=60", "launch.smoke_hold_s=600"]
+    cfg = _config(tmp_path, "launch.nproc=2", *hold, "train.resume=none")
     job = submit("trajtok.distributed:smoke", cfg)
     job_dir = tmp_path / "runs" / job.job_id
     attempts = job_dir / "smoke_attempts.json"
