@@ -138,3 +138,14 @@ def slurm_cluster() -> Iterator[Path]:
         else:
             os.environ["SLURM_CONF"] = previous
 
+
+@pytest.fixture(scope="session")
+def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small set written by `trajtok.data.synth`: 24 clips of 8 frames at 64x64 with exact label maps
+    (manifest.jsonl with `gt_labels`, videos/, labels/, and scenes.jsonl saying what each clip shows)."""
+    from trajtok.config import SynthConfig
+    from trajtok.data.synth import write_dataset
+
+    out = tmp_path_factory.mktemp("synth-dataset")
+    write_dataset(SynthConfig(out=str(out), videos=24, frames=8, height=64, width=64, fps=8.0, seed=0))
+    return out

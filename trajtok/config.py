@@ -174,14 +174,34 @@ class TrackingConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """Probing: every head gets the same frozen features, data order, steps, learning rate and batch size."""
+
+    heads: list[str] = field(default_factory=lambda: ["linear", "attentive", "trajadapter"])
+    train: str = ""  # manifest or shard pattern of the clips the heads learn from; the eval set scores them
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 10
+    size: str = "tiny"  # model size whose widths the attentive probe and TrajAdapter take
+    feature_module: str = ""  # "pkg.module:factory" -> torch module: frames -> (B, T, h, w, C); "" = ckpt
+
+
+@dataclass
 class EvalConfig:
+    """Evaluation of the clips in data.manifest or data.eval_shards, sampled per `clip` (frames, size)."""
+
     task: str = "retrieval"  # retrieval | classify | segment | probe
-    ckpt: str = ""
-    dual_softmax: bool = False
+    ckpt: str = ""  # exported weights (.safetensors), or the training run directory that holds them
+    dual_softmax: bool = False  # also report dual-softmax retrieval (it uses the whole test set at once)
+    join_captions: bool = False  # a video's captions as one paragraph (DiDeMo / ActivityNet protocol)
     templates: list[str] = field(default_factory=lambda: ["a video of {}."])
-    classes: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)  # [] = the sorted distinct `label` values of the set
+    tokens_per_trajectory: int = 0  # trajvit2's n at inference; 0 = the checkpoint's
     batch_size: int = 16
-    out: str = ""
+    out: str = ""  # folder of eval_<task>.json; "" = run_dir
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
 
 @dataclass

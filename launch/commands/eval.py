@@ -1,0 +1,54 @@
+"""`trajtok eval CONFIG ckpt=... task=...`: score exported weights on retrieval, classification,
+segmentation quality or probing; JSON to the run directory, metrics to MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from launch.commands._common import add_config_arguments, config_from_args
+from launch.local import run_local
+from trajtok.config import EvalConfig, JobConfig
+from trajtok.errors import ConfigError
+
+ENTRY = "trajtok.eval.run:main"
+_TOP_LEVEL = {f.name for f in dataclasses.fields(JobConfig)}
+_EVAL_KEYS = {f.name for f in dataclasses.fields(EvalConfig)}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate exported weights: retrieval, zero-shot classification, segmentation, probing",
+        description="Evaluate eval.ckpt (a weights.safetensors file or the training run directory) on "
+        "eval.task (retrieval | classify | segment | probe) over data.manifest or data.eval_shards, with "
+        "the clip protocol of the config (clip.frames, clip.size, clip.sampling). Keys of the eval group "
+        "may be given bare: `ckpt=runs/x task=classify` means `eval.ckpt=... eval.task=...`. Writes "
+        "<eval.out or run_dir>/eval_<task>.json and logs to MLflow, nested under the training run when the "
+        "checkpoint's directory holds its mlflow_run_id. launch.nproc > 1 splits feature extraction across "
+        "local processes with the same results.",
+    )
+    add_config_arguments(parser, config_required=False)
+    parser.set_defaults(func=run)
+
+
+def eval_shorthand(item: str) -> str:
+    """`task=probe` -> `eval.task=probe`: a bare key of the eval group that is no top-level key."""
+    key = item.split("=", 1)[0]
+    if "." not in key and key not in _TOP_LEVEL and key in _EVAL_KEYS:
+        return f"eval.{item}"
+    return item
+
+
+def run(args: argparse.Namespace) -> int:
+    args.overrides = [eval_shorthand(item) for item in args.overrides]
+    if args.config is not None and "=" in args.config:
+        args.config = eval_shorthand(args.config)
+    cfg = config_from_args(args)
+    if cfg.launch.backend != "local":
+        raise ConfigError(f"launch.backend '{cfg.launch.backend}': `trajtok eval` runs on this machine")
+    if cfg.launch.nproc > 1:
+        return run_local(ENTRY, cfg)
+    from trajtok.eval.run import main  # DeepSpeed and MLflow load only when a command runs
+
+    return main(cfg)

@@ -1,0 +1,135 @@
+"""Features of an evaluation set computed across ranks and gathered in the set's order.
+
+Batches are fixed by the set alone (consecutive runs of `batch_size` items) and dealt to the ranks in turn, so
+every item is computed in exactly the batch it would be in on one process: the gathered array equals the
+one-process array bit for bit (on the same kind of device with the same thread count). A rank left short by
+an uneven split recomputes its first batch to keep step with the others (a collective needs equal shapes);
+those rows, and the rows that fill the last partial batch, are marked as padding and dropped on gathering.
+
+What is computed is a function of a batch: video embeddings, caption embeddings, feature maps for probes,
+segmentation scores. `feature_map_fn` gives the feature map of our models or of any torch module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from trajtok.distributed import get_rank, get_world_size
+from trajtok.errors import ConfigError
+from trajtok.models.vit3d import TUBELET
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Compute = Callable[[Any], torch.Tensor]
+
+
+def rank_batches(num_items: int, batch_size: int, rank: int, world_size: int) -> list[tuple[range, bool]]:
+    """This rank's batches as (item range, is padding); every rank gets the same number of batches."""
+    if num_items < 1 or batch_size < 1:
+        raise ValueError(f"need items and a positive batch size, got {num_items} items, batch {batch_size}")
+    batches = [range(start, min(start + batch_size, num_items)) for start in range(0, num_items, batch_size)]
+    mine = [(batch, False) for batch in batches[rank::world_size]]
+    per_rank = math.ceil(len(batches) / world_size)
+    return mine + [(batches[0], True)] * (per_rank - len(mine))
+
+
+def compute_in_batches(
+    data: Dataset | Sequence,
+    compute: Compute,
+    batch_size: int,
+    num_workers: int = 0,
+    desc: str = "features",
+) -> np.ndarray:
+    """`compute` over every item of `data`, split across ranks; every rank returns the whole (N, ...) array.
+
+    `compute` takes a collated batch (a dict of stacked tensors, or a list of strings) and returns a tensor
+    whose first axis is the batch; it runs without gradients.
+    """
+    rank, world_size = get_rank(), get_world_size()
+    batches = rank_batches(len(data), batch_size, rank, world_size)
+    loader = DataLoader(data, batch_sampler=[list(b) for b, _ in batches], num_workers=num_workers)
+    rows, indices = [], []
+    for inputs, (batch, padding) in zip(tqdm(loader, desc=desc, unit="batch", disable=rank != 0), batches):
+        with torch.no_grad():
+            out = compute(inputs)
+        if out.shape[0] != len(batch):
+            raise ValueError(f"{desc}: a batch of {len(batch)} gave {out.shape[0]} rows")
+        filler = batch_size - len(batch)  # equal rows on every rank, whatever the last batch holds
+        rows.append(torch.cat([out, out[:1].expand(filler, *out.shape[1:])]) if filler else out)
+        indices.append(torch.tensor([-1 if padding else i for i in batch] + [-1] * filler))
+    return _gather(torch.cat(rows), torch.cat(indices).to(rows[0].device), len(data))
+
+
+def _gather(rows: torch.Tensor, indices: torch.Tensor, total: int) -> np.ndarray:
+    """Every rank's rows put at their indices (padding, index -1, dropped): the full array on every rank."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl":  # NCCL moves device tensors only
+            rows, indices = rows.cuda(), indices.cuda()
+        world = dist.get_world_size()
+        all_rows = [torch.empty_like(rows) for _ in range(world)]
+        all_indices = [torch.empty_like(indices) for _ in range(world)]
+        dist.all_gather(all_rows, rows.contiguous())
+        dist.all_gather(all_indices, indices)
+        rows, indices = torch.cat(all_rows), torch.cat(all_indices)
+    keep = indices >= 0
+    out = torch.empty((total, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+    out[indices[keep]] = rows[keep]
+    if int(keep.sum()) != total:
+        raise RuntimeError(f"gathered {int(keep.sum())} rows for {total} items")
+    return out.cpu().numpy()
+
+
+def normalise_frames(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B, T, 3, H, W) -> float, ImageNet-normalised on `device` (what every model takes)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 1, 3, 1, 1) * 255
+    return (frames.to(device).float() - mean) / std
+
+
+def feature_map_fn(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Normalised frames (B, T, 3, H, W) -> the frozen feature map (B, t, h, w, C) a probe reads.
+
+    trajvit2 and segmenter: the backbone's dense features (B, T, H/4, W/4, D); vit3d: the transformer's
+    patch states (B, T/2, H/16, W/16, width); any other module is called on the frames and must return the
+    5-D map itself.
+    """
+    name = getattr(model, "registry_name", None)
+    if name in ("trajvit2", "segmenter"):
+        backbone = model.tokenizer.segmenter.backbone if name == "trajvit2" else model.backbone
+
+        def dense(frames: torch.Tensor) -> torch.Tensor:
+            features, grid = backbone(frames)
+            return features.view(frames.shape[0], *grid, -1)
+
+        return dense
+    if name == "vit3d":
+
+        def patches(frames: torch.Tensor) -> torch.Tensor:
+            batch, time, _, height, width = frames.shape
+            video = model.tokenizer(frames)
+            states = model.transformer(video.tokens, video.mask)[:, 1:]  # index 0 is CLS
+            grid = (-(-time // TUBELET[0]), height // TUBELET[1], width // TUBELET[2])
+            return states.reshape(batch, *grid, -1)
+
+        return patches
+    if name is not None:
+        raise ConfigError(f"model '{name}' has no frozen feature map to probe")
+
+    def module_map(frames: torch.Tensor) -> torch.Tensor:
+        out = model(frames)
+        if not isinstance(out, torch.Tensor) or out.dim() != 5:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(f"eval.probe.feature_module must return a (B, T, h, w, C) tensor, got {shape}")
+        return out
+
+    return module_map

@@ -1,0 +1,387 @@
+"""`trajtok eval`: score exported weights (or any feature module) on one task, write JSON, log to MLflow.
+
+`main(cfg)` is one rank of the job (`launch.nproc` local processes, or one in-process). Features are computed
+across ranks (`trajtok.eval.features`), every rank holds the gathered arrays, rank 0 scores them, writes
+`<eval.out or run_dir>/eval_<task>.json` and logs params, metrics and that file to MLflow: as a run nested
+under the training run when the checkpoint's directory holds its `mlflow_run_id`, else as the run of this
+job's run directory. Metrics are logged at the checkpoint's training step, so evaluations of successive
+checkpoints line up with the training curves.
+
+Tasks:
+- `retrieval`: text-to-video and video-to-text R@1/5/10, median and mean rank over the set's captions (several
+  per video, or joined into one paragraph); dual-softmax numbers separately, under `dsl_`, when asked.
+- `classify`: zero-shot, each class embedded as the mean of its prompt templates.
+- `segment`: the model's hard trajectories against the clips' label maps (VEQ, STQ, purity, ...), and the
+  number of trajectories per clip.
+- `probe`: linear, attentive and TrajAdapter heads on the same frozen feature maps (`trajtok.eval.probe`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pkgutil
+import re
+import time
+from collections.abc import Callable
+from dataclasses import astuple, fields
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+import torch.distributed as dist
+from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
+from torch import nn
+
+from trajtok.config import JobConfig, ModelConfig, flatten, to_dict
+from trajtok.distributed import get_rank, get_world_size, init_process_group
+from trajtok.errors import ConfigError
+from trajtok.eval.classify import class_embeddings, classification_metrics
+from trajtok.eval.evalset import EvalClips, EvalItem, read_items
+from trajtok.eval.features import compute_in_batches, feature_map_fn, normalise_frames
+from trajtok.eval.probe import compare_heads
+from trajtok.eval.retrieval import chance_recall_at_1, dual_softmax, retrieval_metrics
+from trajtok.eval.segmentation import SegmentationScores, evaluate_segmentation
+from trajtok.models.text import build_tokenizer
+from trajtok.models.trajectory_encoder import MAX_TOKENS_PER_TRAJECTORY
+from trajtok.tracking import RUN_ID_FILE, Tracker, start_tracker, tracking_uri
+from trajtok.train.checkpoint import WEIGHTS_FILE, load_exported
+
+log = logging.getLogger("trajtok.eval")
+
+TASKS = ("retrieval", "classify", "segment", "probe")
+_METRIC_KEY = re.compile(r"[^\w./ :-]")  # characters MLflow refuses in a metric name
+
+
+class Evaluation:
+    """One evaluation job's shared state: config, device, and the model (loaded once, when first needed)."""
+
+    def __init__(self, cfg: JobConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self._loaded: tuple[nn.Module, dict[str, str]] | None = None
+
+    def _load(self) -> tuple[nn.Module, dict[str, str]]:
+        if self._loaded is None:
+            model, metadata = load_eval_model(self.cfg.eval.ckpt, self.cfg.eval.tokens_per_trajectory)
+            self._loaded = model.to(self.device), metadata
+        return self._loaded
+
+    @property
+    def model(self) -> nn.Module:
+        return self._load()[0]
+
+    @property
+    def model_cfg(self) -> ModelConfig:
+        return ModelConfig(**json.loads(self._load()[1]["model"]))
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The weights file's metadata; empty when no model was loaded (a probe of a feature module)."""
+        return self._loaded[1] if self._loaded else {}
+
+    def clips(self, items: list[EvalItem], with_labels: bool = False) -> EvalClips:
+        return EvalClips(items, self.cfg.clip, with_labels=with_labels, seed=self.cfg.seed)
+
+    def compute(self, data: Any, compute: Callable[[Any], torch.Tensor], desc: str) -> np.ndarray:
+        batch, workers = self.cfg.eval.batch_size, self.cfg.data.num_workers
+        texts = not isinstance(data, EvalClips)  # captions: nothing to decode, no worker processes
+        return compute_in_batches(data, compute, batch, 0 if texts else workers, desc)
+
+    def video_embeddings(self, items: list[EvalItem]) -> np.ndarray:
+        model = self.model
+        return self.compute(
+            self.clips(items),
+            lambda b: model.encode_video(normalise_frames(b["frames"], self.device)),
+            "videos",
+        )
+
+    def text_embeddings(self, texts: list[str]) -> np.ndarray:
+        model, model_cfg = self.model, self.model_cfg
+        tokenizer = build_tokenizer(model_cfg.text_tokenizer)
+
+        def encode(batch: list[str]) -> torch.Tensor:
+            ids, mask = tokenizer.encode_batch(batch, model_cfg.text_max_len)
+            return model.encode_text(ids.to(self.device), mask.to(self.device))
+
+        return self.compute(texts, encode, "texts")
+
+
+def resolve_checkpoint(ckpt: str) -> tuple[Path, str]:
+    """The weights file `eval.ckpt` names (a file, or a run directory holding `weights.safetensors`), and the
+    MLflow run id kept beside it ("" when there is none)."""
+    if not ckpt:
+        raise ConfigError("eval.ckpt: name exported weights (.safetensors) or a training run directory")
+    path = Path(ckpt)
+    weights = path / WEIGHTS_FILE if path.is_dir() else path
+    if not weights.is_file():
+        raise ConfigError(
+            f"eval.ckpt '{ckpt}': no weights there (a .safetensors file or a run dir with {WEIGHTS_FILE})"
+        )
+    id_file = weights.parent / RUN_ID_FILE
+    return weights, id_file.read_text().strip() if id_file.is_file() else ""
+
+
+def load_eval_model(ckpt: str, tokens_per_trajectory: int = 0) -> tuple[nn.Module, dict[str, str]]:
+    """The exported model in eval mode, and its file's metadata (registry config, step)."""
+    weights, _ = resolve_checkpoint(ckpt)
+    model, metadata = load_exported(weights)
+    if tokens_per_trajectory:
+        if not 1 <= tokens_per_trajectory <= MAX_TOKENS_PER_TRAJECTORY:
+            raise ConfigError(
+                f"eval.tokens_per_trajectory {tokens_per_trajectory}: expected 1..{MAX_TOKENS_PER_TRAJECTORY}"
+            )
+        if getattr(model, "registry_name", "") != "trajvit2":
+            raise ConfigError(
+                f"eval.tokens_per_trajectory: only trajvit2 has it, {weights} holds {model.registry_name}"
+            )
+        model.tokenizer.encoder.eval_tokens_per_trajectory = tokens_per_trajectory
+    return model.eval(), metadata
+
+
+def eval_location(cfg: JobConfig) -> str:
+    """The evaluation set: `data.manifest` or `data.eval_shards` (exactly one)."""
+    if cfg.data.manifest and cfg.data.eval_shards:
+        raise ConfigError("data.manifest and data.eval_shards are both set; evaluation reads one of them")
+    return cfg.data.manifest or cfg.data.eval_shards
+
+
+def caption_list(items: list[EvalItem], join: bool) -> tuple[list[str], np.ndarray]:
+    """Every caption with the index of its video; `join`: one paragraph per video."""
+    if join:
+        return [" ".join(item.captions) for item in items], np.arange(len(items))
+    texts = [caption for item in items for caption in item.captions]
+    owners = np.repeat(np.arange(len(items)), [len(item.captions) for item in items])
+    return texts, owners
+
+
+def class_targets(items: list[EvalItem], classes: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Class index of each clip from its `label` (a class name or an index into `classes`), and the classes:
+    `classes` as given, or the sorted distinct labels."""
+    missing = [item.key for item in items if item.label is None]
+    if missing:
+        raise ConfigError(
+            f"clip {missing[0]} (and {len(missing) - 1} more) has no 'label' to classify against"
+        )
+    classes = list(classes) or sorted({str(item.label) for item in items})
+    index = {name: i for i, name in enumerate(classes)}
+    targets = []
+    for item in items:
+        label = item.label
+        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(classes):
+            targets.append(label)
+        elif str(label) in index:
+            targets.append(index[str(label)])
+        else:
+            raise ConfigError(f"clip {item.key}: label {label!r} is not one of the {len(classes)} classes")
+    return np.asarray(targets, dtype=np.int64), classes
+
+
+def run_retrieval(job: Evaluation, items: list[EvalItem]) -> dict[str, Any]:
+    texts, owners = caption_list(items, job.cfg.eval.join_captions)
+    similarity = job.text_embeddings(texts) @ job.video_embeddings(items).T
+    metrics = retrieval_metrics(similarity, owners)
+    if job.cfg.eval.dual_softmax:
+        metrics.update(
+            {f"dsl_{k}": v for k, v in retrieval_metrics(dual_softmax(similarity), owners).items()}
+        )
+    details = {"videos": len(items), "captions": len(texts), "chance_R@1": chance_recall_at_1(len(items))}
+    return {"metrics": metrics, "details": details}
+
+
+def run_classify(job: Evaluation, items: list[EvalItem]) -> dict[str, Any]:
+    targets, classes = class_targets(items, job.cfg.eval.classes)
+    class_embeds = class_embeddings(classes, job.cfg.eval.templates, job.text_embeddings)
+    metrics = classification_metrics(job.video_embeddings(items), class_embeds, targets)
+    details = {"videos": len(items), "classes": classes, "chance_top1": 100.0 / len(classes)}
+    return {"metrics": metrics, "details": details}
+
+
+def run_segment(job: Evaluation, items: list[EvalItem]) -> dict[str, Any]:
+    model = job.model
+    if job.model_cfg.name not in ("trajvit2", "segmenter"):
+        raise ConfigError(f"task segment: model '{job.model_cfg.name}' makes no trajectories")
+
+    def scores(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = model(normalise_frames(batch["frames"], job.device))
+        ids = out.seg_logits.argmax(dim=-1).view(len(out.seg_logits), *out.seg_grid) + 1  # 0 = unlabeled
+        pairs = zip(ids.cpu().numpy(), batch["labels"].numpy())
+        return torch.tensor([astuple(evaluate_segmentation(p, g)) for p, g in pairs], dtype=torch.float64)
+
+    table = job.compute(job.clips(items, with_labels=True), scores, "segmentation")
+    names = [f.name for f in fields(SegmentationScores)]
+    per_clip = dict(zip(names, table.T))
+    counts = per_clip["num_trajectories"].astype(int)
+    metrics = {name: float(values.mean()) for name, values in per_clip.items()}
+    metrics["median_trajectories"] = float(np.median(counts))
+    details = {
+        "clips": len(items),
+        "trajectories_per_clip": dict(zip([i.key for i in items], counts.tolist())),
+    }
+    return {"metrics": metrics, "details": details}
+
+
+def run_probe(job: Evaluation, items: list[EvalItem]) -> dict[str, Any]:
+    probe = job.cfg.eval.probe
+    if not probe.train:
+        raise ConfigError("eval.probe.train: name the manifest or shards the probing heads learn from")
+    train_items = read_items(probe.train)
+    train_targets, classes = class_targets(train_items, job.cfg.eval.classes)
+    test_targets, _ = class_targets(items, classes)
+    if probe.feature_module:
+        source, extractor = probe.feature_module, _feature_module(probe.feature_module).to(job.device).eval()
+        feature_map = feature_map_fn(extractor)
+    else:
+        source, feature_map = job.cfg.eval.ckpt, feature_map_fn(job.model)
+
+    def features(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return feature_map(normalise_frames(batch["frames"], job.device)).float()
+
+    train = job.compute(job.clips(train_items), features, "probe train features")
+    test = job.compute(job.clips(items), features, "probe test features")
+    details = {
+        "features": source,
+        "feature_shape": list(train.shape[1:]),
+        "train_clips": len(train_items),
+        "test_clips": len(items),
+        "classes": classes,
+        "chance_top1": 100.0 / len(classes),
+    }
+    if get_rank() != 0:  # the heads are small: rank 0 trains them on the gathered features
+        return {"metrics": {}, "details": details}
+    results = compare_heads(train, train_targets, test, test_targets, len(classes), probe, job.cfg.seed)
+    metrics = {f"{r.head}_{k}": getattr(r, k) for r in results for k in ("top1", "top5")}
+    details["heads"] = [r.as_dict() for r in results]
+    return {"metrics": metrics, "details": details}
+
+
+def _feature_module(spec: str) -> nn.Module:
+    try:
+        factory = pkgutil.resolve_name(spec)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"eval.probe.feature_module '{spec}': cannot be imported ({err})") from None
+    module = factory()
+    if not isinstance(module, nn.Module):
+        raise ConfigError(
+            f"eval.probe.feature_module '{spec}': returned {type(module).__name__}, not a torch module"
+        )
+    return module
+
+
+RUNNERS = {"retrieval": run_retrieval, "classify": run_classify, "segment": run_segment, "probe": run_probe}
+
+
+def evaluate(cfg: JobConfig, device: torch.device | None = None) -> dict[str, Any]:
+    """Run `cfg.eval.task` and return its record (metrics, details, protocol, model); see the module doc."""
+    task = cfg.eval.task
+    if task not in RUNNERS:
+        raise ConfigError(f"eval.task '{task}': choose one of {', '.join(TASKS)}")
+    job = Evaluation(cfg, device or torch.device("cpu"))
+    items = read_items(eval_location(cfg))
+    start = time.perf_counter()
+    result = RUNNERS[task](job, items)
+    model_cfg = json.loads(job.metadata["model"]) if job.metadata else None
+    return {
+        "task": task,
+        **result,
+        "protocol": {"clip": to_dict(cfg.clip), **_protocol(cfg)},
+        "data": eval_location(cfg),
+        "model": {"ckpt": cfg.eval.ckpt, "step": int(job.metadata.get("step", 0)), "config": model_cfg},
+        "world_size": get_world_size(),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _protocol(cfg: JobConfig) -> dict[str, Any]:
+    task, ev = cfg.eval.task, cfg.eval
+    if task == "retrieval":
+        return {
+            "dual_softmax": ev.dual_softmax,
+            "join_captions": ev.join_captions,
+            "tokens_per_trajectory": ev.tokens_per_trajectory,
+        }
+    if task == "classify":
+        return {"templates": ev.templates, "tokens_per_trajectory": ev.tokens_per_trajectory}
+    if task == "probe":
+        return {"probe": to_dict(ev.probe)}
+    return {"tokens_per_trajectory": ev.tokens_per_trajectory}
+
+
+def write_results(cfg: JobConfig, record: dict[str, Any]) -> Path:
+    """`<eval.out or run_dir>/eval_<task>.json`, replaced atomically."""
+    out = Path(cfg.eval.out or cfg.run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"eval_{record['task']}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def mlflow_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """`eval/<task>/<name>` for every metric, in the characters MLflow keys allow (`R@1` -> `R1`)."""
+    return {f"eval/{record['task']}/{_METRIC_KEY.sub('', k)}": v for k, v in record["metrics"].items()}
+
+
+def training_run(cfg: JobConfig) -> Tracker | None:
+    """The MLflow run of the training that exported `eval.ckpt`, if its directory names one in the store."""
+    run_id = resolve_checkpoint(cfg.eval.ckpt)[1] if cfg.eval.ckpt else ""
+    if not run_id:
+        return None
+    uri = tracking_uri(cfg.tracking)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    try:
+        experiment_id = client.get_run(run_id).info.experiment_id
+    except MlflowException:
+        log.warning("training run %s is not in %s: the evaluation gets a run of its own", run_id, uri)
+        return None
+    return Tracker(client, run_id, experiment_id, top_level=False)  # never closed here: training owns it
+
+
+def log_results(cfg: JobConfig, record: dict[str, Any], results_file: Path) -> str | None:
+    """Log to MLflow (rank 0): a run nested under the training run, else this run directory's run. Returns
+    the run id, None when tracking is off."""
+    if not cfg.tracking.enabled:
+        return None
+    parent = training_run(cfg)
+    with parent.child(f"eval-{record['task']}") if parent else start_tracker(cfg, rank=0) as tracker:
+        if parent is not None:  # a top-level run already holds the whole config as params
+            params = flatten({"eval": to_dict(cfg.eval), "clip": to_dict(cfg.clip), "data": record["data"]})
+            values = [
+                Param(k, json.dumps(v) if isinstance(v, list | dict) else str(v)) for k, v in params.items()
+            ]
+            for first in range(0, len(values), 100):  # MLflow takes at most 100 params per call
+                tracker.client.log_batch(tracker.run_id, params=values[first : first + 100])
+        tracker.log_metrics(mlflow_metrics(record), step=record["model"]["step"])
+        tracker.log_artifact(results_file)
+        return tracker.run_id
+
+
+def main(cfg: JobConfig) -> int:
+    """One rank of `trajtok eval`: joins the process group when launched as several, evaluates, records."""
+    if get_world_size() > 1:
+        init_process_group()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    torch.manual_seed(cfg.seed)
+    record = evaluate(cfg, device)
+    if get_rank() == 0:
+        path = write_results(cfg, record)
+        run_id = log_results(cfg, record, path)
+        print(summary(record, path, run_id), flush=True)
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+def summary(record: dict[str, Any], path: Path, run_id: str | None) -> str:
+    """A few lines for the terminal: the metrics, where the JSON is, and the MLflow run."""
+    lines = [f"eval {record['task']} on {record['data']} ({record['seconds']:.1f} s)"]
+    lines += [f"  {name:<28} {value:.4g}" for name, value in record["metrics"].items()]
+    lines.append(f"results: {path}" + (f"\nmlflow run: {run_id}" if run_id else ""))
+    return "\n".join(lines)
