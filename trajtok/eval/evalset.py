@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -53,7 +53,6 @@ class EvalItem:
     captions: list[str]
     label: Any  # class name or index; None when the source gives none
     source: ManifestRow | ShardSample
-    meta: dict[str, Any] = field(default_factory=dict)  # a shard sample's JSON
 
 
 def is_shard_spec(location: str) -> bool:
@@ -100,7 +99,7 @@ def _shard_items(url: str) -> list[EvalItem]:
             raise ConfigError(f"evaluation shard {url}: sample {key} has no json entry")
         meta = metas[key]
         label = meta.get("extra", {}).get(LABEL_COLUMN)
-        items.append(EvalItem(key, list(meta["captions"]), label, ShardSample(url, key, entries), meta))
+        items.append(EvalItem(key, list(meta.get("captions", [])), label, ShardSample(url, key, entries)))
     return items
 
 
