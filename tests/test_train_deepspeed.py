@@ -1,4 +1,5 @@
-"""Real DeepSpeed training on CPU through `trajtok train`: 2 gloo processes on synthetic shards.
+"""Real DeepSpeed training on CPU through `trajtok train`: 2 gloo processes on shards that `trajtok shard`
+made from `trajtok synth` videos.
 
 One uninterrupted ZeRO-2 run is the reference; a second run with the same settings is SIGKILLed (every
 process: launcher, ranks, loader workers) after its step-8 checkpoint and started again, and must finish
@@ -64,10 +65,41 @@ def tracking_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference_run(synthetic_shards, tracking_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The uninterrupted ZeRO-2 run the other tests compare with."""
+def pipeline_shards(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Shards made as users make them: `trajtok synth`, then `trajtok shard` (a Ray job) on its manifest."""
+    work = tmp_path_factory.mktemp("pipeline")
+    trajtok = [sys.executable, "-m", "launch.cli"]
+    synth = [
+        "synth",
+        f"synth.out={work / 'synth'}",
+        "synth.videos=24",
+        "synth.frames=8",
+        "synth.height=72",
+        "synth.width=96",
+    ]
+    shard = [
+        "shard",
+        str(CONFIG.parents[1] / "shard.yaml"),
+        f"manifest={work / 'synth' / 'manifest.jsonl'}",
+        f"out={work / 'shards'}",
+        f"run_dir={work / 'run'}",
+        "clip.frames=8",
+        "clip.size=72",
+        "pipeline.clips_per_shard=4",
+        "tracking.enabled=false",
+    ]
+    for command in (synth, shard):
+        done = subprocess.run([*trajtok, *command], capture_output=True, text=True, timeout=300, cwd=work)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((work / "shards").glob("shard-*.tar"))) == 6
+    return str(work / "shards" / "shard-*.tar")
+
+
+@pytest.fixture(scope="module")
+def reference_run(pipeline_shards: str, tracking_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted ZeRO-2 run, on shards the pipeline wrote, that the other tests compare with."""
     run_dir = tmp_path_factory.mktemp("reference")
-    _train(*_overrides(synthetic_shards.pattern, run_dir, tracking_db, "train.zero_stage=2"))
+    _train(*_overrides(pipeline_shards, run_dir, tracking_db, "train.zero_stage=2"))
     return run_dir
 
 
@@ -118,7 +150,7 @@ def _all_artifacts(client: mlflow.MlflowClient, run_id: str, path: str | None = 
     return found
 
 
-def test_exported_weights_rebuild_the_model(reference_run: Path, synthetic_shards):
+def test_exported_weights_rebuild_the_model(reference_run: Path):
     model, metadata = load_exported(reference_run / WEIGHTS_FILE)
     assert metadata["step"] == str(STEPS) and model.registry_name == "trajvit2"
     assert model.logit_scale.log_scale.shape == ()  # the registry's shapes, not the engine's vectors
@@ -151,10 +183,10 @@ def _kill_everything(root: subprocess.Popen) -> None:
 
 
 def test_killed_run_resumes_on_the_same_curve_and_mlflow_run(
-    reference_run: Path, synthetic_shards, tracking_db: Path, tmp_path: Path
+    reference_run: Path, pipeline_shards: str, tracking_db: Path, tmp_path: Path
 ):
     run_dir = tmp_path / "killed"
-    overrides = _overrides(synthetic_shards.pattern, run_dir, tracking_db, "train.zero_stage=2")
+    overrides = _overrides(pipeline_shards, run_dir, tracking_db, "train.zero_stage=2")
     first = subprocess.Popen(
         [sys.executable, "-m", "launch.cli", "train", str(CONFIG), *overrides],
         stdout=subprocess.DEVNULL,
@@ -191,13 +223,9 @@ def test_killed_run_resumes_on_the_same_curve_and_mlflow_run(
             assert torch.allclose(a.get_tensor(key), b.get_tensor(key), rtol=1e-4, atol=1e-6), key
 
 
-def test_zero1_bf16_training_falls(synthetic_shards, tracking_db: Path, tmp_path: Path):
+def test_zero1_bf16_training_falls(pipeline_shards: str, tracking_db: Path, tmp_path: Path):
     run_dir = tmp_path / "zero1"
-    _train(
-        *_overrides(
-            synthetic_shards.pattern, run_dir, tracking_db, "train.zero_stage=1", "train.precision=bf16"
-        )
-    )
+    _train(*_overrides(pipeline_shards, run_dir, tracking_db, "train.zero_stage=1", "train.precision=bf16"))
     losses = _history(tracking_db, run_dir)
     assert sum(losses[s] for s in range(STEPS - 3, STEPS + 1)) < 0.85 * sum(losses[s] for s in (1, 2, 3, 4))
     assert _history(tracking_db, run_dir, "train/memory_gib")[STEPS] > 0
