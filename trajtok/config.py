@@ -132,6 +132,7 @@ class PipelineConfig:
     label: bool = True  # false: unlabelled samples (frames and metadata only)
     stall_timeout: float = 600.0  # seconds without a finished clip before a worker is replaced, its row failed
     max_attempts: int = 3  # tries of a shard whose worker fails with no row to blame
+    retry_failed: bool = False  # a rerun also redoes finished shards that recorded failed rows
 
 
 @dataclass
@@ -218,6 +219,18 @@ class SynthConfig:
 
 
 @dataclass
+class DemoConfig:
+    """The main job on built-in data (`trajtok demo`), sized to finish in minutes on 2 CPU cores."""
+
+    out: str = "demo-out"
+    train_videos: int = 256
+    heldout_videos: int = 32
+    heldout_seed: int = 1000  # synthetic seeds of the held-out set: never seen in training
+    models: list[str] = field(default_factory=lambda: ["trajvit2", "vit3d"])
+    real_videos: str = ""  # folder of real videos to label for pictures; "" = ../shared/data/videos if present
+
+
+@dataclass
 class JobConfig:
     """One job's whole configuration; every subcommand reads this."""
 
@@ -234,6 +247,7 @@ class JobConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
 
 
 def _describe(err: OmegaConfBaseException) -> str:
