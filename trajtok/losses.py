@@ -14,6 +14,10 @@ predicted hard masks and the labels; then softmax focal loss (gamma 2) and softm
 channels. Unlabeled pixels (id 0) count nowhere. If a sample has more label trajectories than the model has
 queries (K), the K largest are kept (ties: smaller id first) and the pixels of the others are ignored like
 unlabeled ones.
+
+The matching runs on the CPU. `EarlyMatching` takes it off the GPU's critical path: it copies the
+segmenter's hard ids to the host as soon as the segmenter has run, so the matching overlaps the rest of
+the forward instead of stalling the device at the loss.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
+from torch import nn
 
 from trajtok.config import LossConfig
 from trajtok.models.output import ModelOutput
@@ -103,17 +108,74 @@ def match_trajectories(hard: torch.Tensor, labels: torch.Tensor, num_trajectorie
     return torch.from_numpy(targets).to(hard.device)
 
 
+class EarlyMatching:
+    """Hungarian matching whose device-to-host copy is queued right after the segmenter, not at the loss.
+
+    A forward hook on the segmenter (the `Segmenter` head, in training mode) queues a non-blocking copy
+    of its hard ids into pinned memory. The loss then waits only for that copy, which the GPU did before
+    the trajectory encoder, the transformer and the text tower still in its queue: the matching on the CPU
+    overlaps them and nothing waits for the whole forward. Labels stay on the host. Use:
+    `matching = EarlyMatching(model.tokenizer.segmenter.head)`, then per step after the forward
+    `total_loss(..., seg_targets=matching.targets(labels))`.
+    """
+
+    def __init__(self, segmenter: nn.Module):
+        self._pending: tuple | None = None
+        self._hook = segmenter.register_forward_hook(self._queue_copy)
+
+    def _queue_copy(self, module: nn.Module, args: tuple, segmentation) -> None:
+        if not module.training:
+            return
+        hard = segmentation.hard.detach()
+        done = None
+        if hard.is_cuda:
+            host = torch.empty(hard.shape, dtype=hard.dtype, pin_memory=True).copy_(hard, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        else:
+            host = hard.clone()
+        self._pending = (host, done, segmentation.grid, segmentation.logits.shape[-1], hard.device)
+
+    def targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """Target channels (B, T*h*w) of the last training forward, on its device (`match_trajectories`)."""
+        if self._pending is None:
+            raise RuntimeError(
+                "EarlyMatching.targets: no training forward of the segmenter since the last call"
+            )
+        host, done, grid, num_trajectories, device = self._pending
+        self._pending = None
+        if done is not None:
+            done.synchronize()
+        flat_labels = labels_on_grid(labels.cpu(), grid)
+        targets = match_trajectories(host, flat_labels, num_trajectories)
+        if device.type == "cuda":
+            targets = targets.pin_memory()
+        return targets.to(device, non_blocking=True)
+
+    def remove(self) -> None:
+        self._hook.remove()
+
+
 def _mean_over_samples(per_sample: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
     return (per_sample * counted).sum() / counted.sum().clamp_min(1)
 
 
 def segmentation_loss(
-    seg_logits: torch.Tensor, labels: torch.Tensor, grid: Grid, gamma: float = FOCAL_GAMMA
+    seg_logits: torch.Tensor,
+    labels: torch.Tensor,
+    grid: Grid,
+    gamma: float = FOCAL_GAMMA,
+    targets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(focal, dice) of logits (B, T*h*w, K) against label maps (B, T, H, W); means over labelled samples."""
+    """(focal, dice) of logits (B, T*h*w, K) against label maps (B, T, H, W); means over labelled samples.
+
+    `targets`: the matching already done (`EarlyMatching`); the labels are then not read again.
+    """
     logits = seg_logits.float()
-    flat_labels = labels_on_grid(labels.to(logits.device), grid)
-    target = match_trajectories(logits.argmax(dim=-1), flat_labels, logits.shape[-1])
+    target = targets
+    if target is None:
+        flat_labels = labels_on_grid(labels.to(logits.device), grid)
+        target = match_trajectories(logits.argmax(dim=-1), flat_labels, logits.shape[-1])
     valid = target != IGNORE  # (B, N)
     has_labels = valid.any(dim=1)
 
@@ -133,7 +195,11 @@ def segmentation_loss(
 
 
 def total_loss(
-    output: ModelOutput, labels: torch.Tensor | None, loss_cfg: LossConfig, mode: str = "joint"
+    output: ModelOutput,
+    labels: torch.Tensor | None,
+    loss_cfg: LossConfig,
+    mode: str = "joint",
+    seg_targets: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The weighted sum under "loss" and each unweighted part by name ("contrastive", "focal", "dice").
 
@@ -156,6 +222,8 @@ def total_loss(
             raise ValueError("segmenter loss needs a model that segments and label maps")
         weights = {"focal": loss_cfg.pretrain_focal, "dice": loss_cfg.pretrain_dice}
     if output.seg_logits is not None and labels is not None:
-        parts["focal"], parts["dice"] = segmentation_loss(output.seg_logits, labels, output.seg_grid)
+        parts["focal"], parts["dice"] = segmentation_loss(
+            output.seg_logits, labels, output.seg_grid, targets=seg_targets
+        )
     parts["loss"] = sum(weights[name] * value for name, value in parts.items())
     return parts

@@ -1,0 +1,245 @@
+"""Data path throughput: decoding stored clips per core, the training loader per worker, workers per GPU.
+
+Stored clips are what `trajtok shard` writes: T-frame windows of the real sample video vtest.avi
+(pedestrians, 10 fps), resized to `--short-side`, in shard samples (H.264 mp4 + label map + json).
+1. decode: each backend (decord, PyAV) decodes every frame of every stored clip from its mp4 bytes, the
+   way the loader does (`open_video` on the bytes), with this process pinned to one core: clips/s per core.
+2. loader: `build_loader` (the training loader, random resized crop to `--size`, flips, colour jitter,
+   grey, blur, label maps carried along) in this process pinned to one core, which is what one loader
+   worker does: clips/s per worker. Then the real DataLoader with 1..`--workers` worker processes.
+3. workers per GPU: a training step that consumes R clips/s waits for data less than 5% of the time
+   once the loader delivers at least 0.95 R, i.e. ceil(0.95 R / per-worker rate) workers. R comes from
+   `--step-rate`, or from every row of a `trajtok bench model --json` result (`--model-json`).
+
+    .venv/bin/trajtok bench data --clips 16 --frames 16 --model-json bench-out/model-h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import webdataset as wds
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO_ROOT, run_record  # noqa: E402
+
+from trajtok.config import load_config  # noqa: E402
+from trajtok.data.loader import build_loader  # noqa: E402
+from trajtok.data.sample import build_sample  # noqa: E402
+from trajtok.data.video import load_clip, open_video  # noqa: E402
+
+VIDEO = REPO_ROOT.parent / "shared" / "data" / "videos" / "vtest.avi"
+WINDOW_SECONDS = 4.0
+VIDEO_SECONDS = 79.0  # vtest.avi: 795 frames at 10 fps
+MAX_DATA_WAIT = 0.05
+BACKENDS = ("decord", "pyav")
+
+
+@contextlib.contextmanager
+def one_core() -> Iterator[None]:
+    """Run the block on a single core (and one torch thread): rates per core, whatever the machine."""
+    cores = os.sched_getaffinity(0)
+    threads = torch.get_num_threads()
+    os.sched_setaffinity(0, {min(cores)})
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cores)
+        torch.set_num_threads(threads)
+
+
+def resize_short_side(frames: np.ndarray, short_side: int) -> np.ndarray:
+    """(T, H, W, 3) -> short side `short_side`, both sides even (H.264 in yuv420p)."""
+    height, width = frames.shape[1:3]
+    scale = short_side / min(height, width)
+    size = (2 * round(width * scale / 2), 2 * round(height * scale / 2))
+    return np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in frames])
+
+
+def stored_samples(clips: int, frames: int, short_side: int) -> list[dict]:
+    """Shard samples of `clips` windows of the sample video, labelled with a block grid of trajectories."""
+    step = (VIDEO_SECONDS - WINDOW_SECONDS) / max(1, clips - 1)
+    samples = []
+    for index in tqdm(range(clips), desc="stored clips", leave=False):
+        start = index * step
+        pixels, times, info = load_clip(VIDEO, frames, "middle", start, start + WINDOW_SECONDS)
+        pixels = resize_short_side(pixels, short_side)
+        height, width = pixels.shape[1:3]
+        rows = np.arange(height)[:, None] * 8 // height
+        cols = np.arange(width)[None, :] * 8 // width
+        labels = np.broadcast_to((rows * 8 + cols + 1).astype(np.uint16), (frames, height, width))
+        samples.append(
+            build_sample(
+                pixels,
+                np.ascontiguousarray(labels),
+                source=f"{VIDEO.name}#{index}",
+                clip_index=index,
+                clip_start=start,
+                clip_end=start + WINDOW_SECONDS,
+                timestamps=[float(t) for t in times],
+                captions="people walk across a plaza past a lamp post",
+                source_fps=info.fps,
+                source_width=info.width,
+                source_height=info.height,
+                labeler={"name": "blocks", "version": "1", "params": {}},
+            )
+        )
+    return samples
+
+
+def decode_rate(samples: list[dict], backend: str, repeats: int) -> float:
+    """Clips/s of one backend decoding every frame of each clip's mp4, on one core."""
+    with one_core():
+        start = time.perf_counter()
+        for _ in range(repeats):
+            for sample in samples:
+                with open_video(bytes(sample["mp4"]), backend=backend) as video:
+                    video.read_frames(np.arange(video.info.num_frames))
+        return repeats * len(samples) / (time.perf_counter() - start)
+
+
+def write_shards(samples: list[dict], folder: Path, per_shard: int = 4) -> str:
+    shards = math.ceil(len(samples) / per_shard)
+    for shard in range(shards):
+        with wds.TarWriter(str(folder / f"bench-{shard:06d}.tar")) as sink:
+            for sample in samples[shard * per_shard : (shard + 1) * per_shard]:
+                sink.write(sample)
+    return str(folder / f"bench-{{000000..{shards - 1:06d}}}.tar")
+
+
+def loader_rate(pattern: str, args: argparse.Namespace, workers: int) -> float:
+    """Clips/s of the training loader with `workers` processes (0: in this process), after its first batch."""
+    cfg = load_config(
+        None,
+        [
+            f"data.shards={pattern}",
+            f"data.num_workers={workers}",
+            f"data.samples_per_epoch={10**6}",
+            f"train.batch_size={args.batch}",
+            f"clip.frames={args.frames}",
+            f"clip.size={args.size}",
+        ],
+    )
+    loader, _ = build_loader(cfg, rank=0, world_size=1)
+    batches = iter(loader)
+    next(batches)  # worker start-up and the first shard opens are not throughput
+    start = time.perf_counter()
+    for _ in range(args.batches):
+        next(batches)
+    rate = args.batches * args.batch / (time.perf_counter() - start)
+    del batches, loader
+    return rate
+
+
+def workers_needed(step_rate: float, per_worker: float) -> int:
+    """Loader workers whose clips keep a step consuming `step_rate` clips/s waiting < 5% of the time."""
+    return max(1, math.ceil((1 - MAX_DATA_WAIT) * step_rate / per_worker))
+
+
+def step_rates(args: argparse.Namespace) -> list[dict]:
+    """Training consumption rates to size workers for: from a `bench model` JSON, or `--step-rate`."""
+    if args.model_json:
+        result = json.loads(Path(args.model_json).read_text())
+        return [
+            {"model": row["model"], "frames": row["frames"], "train_clips_per_s": row["train_clips_per_s"]}
+            for row in result["rows"]
+        ]
+    return [{"model": "given", "frames": args.frames, "train_clips_per_s": rate} for rate in args.step_rate]
+
+
+def run(args: argparse.Namespace, command: list[str]) -> dict:
+    samples = stored_samples(args.clips, args.frames, args.short_side)
+    decode = {backend: decode_rate(samples, backend, args.repeats) for backend in BACKENDS}
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as folder:
+        pattern = write_shards(samples, Path(folder))
+        with one_core():
+            per_worker = loader_rate(pattern, args, workers=0)
+        loaders = {workers: loader_rate(pattern, args, workers) for workers in range(1, args.workers + 1)}
+    sizing = [
+        {**rate, "workers_for_5pct_wait": workers_needed(rate["train_clips_per_s"], per_worker)}
+        for rate in step_rates(args)
+    ]
+    return {
+        "record": run_record(command, torch.device("cpu")),
+        "clip": {
+            "frames": args.frames,
+            "stored_short_side": args.short_side,
+            "mp4_kib": float(np.mean([len(s["mp4"]) for s in samples]) / 1024),
+            "model_input": args.size,
+        },
+        "decode_clips_per_s_per_core": decode,
+        "loader_clips_per_s_per_worker": per_worker,
+        "loader_clips_per_s": {str(w): rate for w, rate in loaders.items()},
+        "workers_per_gpu": sizing,
+    }
+
+
+def markdown(result: dict) -> str:
+    clip = result["clip"]
+    lines = [
+        f"Clips: {clip['frames']} frames, stored at short side {clip['stored_short_side']} "
+        f"(H.264, {clip['mp4_kib']:.0f} KiB each), loader output {clip['model_input']} px square.",
+        "",
+        "| measurement | clips/s |",
+        "|---|---|",
+    ]
+    for backend, rate in result["decode_clips_per_s_per_core"].items():
+        lines.append(f"| decode, {backend}, per core | {rate:.1f} |")
+    lines.append(
+        f"| loader with augmentation, per worker (1 core) | {result['loader_clips_per_s_per_worker']:.1f} |"
+    )
+    for workers, rate in result["loader_clips_per_s"].items():
+        lines.append(f"| loader, {workers} worker process(es) | {rate:.1f} |")
+    if result["workers_per_gpu"]:
+        lines += ["", "| model | T | step clips/s | loader workers for data-wait < 5% |", "|---|---|---|---|"]
+        for row in result["workers_per_gpu"]:
+            lines.append(
+                f"| {row['model']} | {row['frames']} | {row['train_clips_per_s']:.1f} | "
+                f"{row['workers_for_5pct_wait']} |"
+            )
+    record = result["record"]
+    lines += ["", f"`{record['command']}` on {record['device']}, {record['date']}, commit {record['commit']}"]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clips", type=int, default=16, help="stored clips (windows of vtest.avi)")
+    parser.add_argument("--frames", type=int, default=16, help="frames per clip (T)")
+    parser.add_argument("--short-side", type=int, default=256, help="stored frames' short side")
+    parser.add_argument("--size", type=int, default=224, help="loader output (random resized crop) side")
+    parser.add_argument("--batch", type=int, default=4, help="loader batch size")
+    parser.add_argument("--batches", type=int, default=8, help="timed loader batches per setting")
+    parser.add_argument("--workers", type=int, default=2, help="largest number of loader workers to try")
+    parser.add_argument("--repeats", type=int, default=2, help="decode passes over the stored clips")
+    parser.add_argument("--step-rate", type=float, nargs="*", default=[], help="training clips/s to size for")
+    parser.add_argument("--model-json", type=Path, help="a `trajtok bench model --json` result to size for")
+    parser.add_argument("--json", type=Path, help="also write the result as JSON here")
+
+
+def main(args: argparse.Namespace, command: list[str]) -> int:
+    result = run(args, command)
+    print(markdown(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args(), [sys.executable, *sys.argv]))

@@ -1,0 +1,74 @@
+"""Each benchmark runs from its one command at a tiny size and reports what BENCHMARKS.md quotes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from launch.cli import main
+
+torch.set_num_threads(1)
+
+
+def test_bench_model_through_the_cli(tmp_path, capsys) -> None:
+    out = tmp_path / "model.json"
+    args = "--size tiny --px 32 --frames 2 4 --steps 1 --rounds 1 --warmup 1 --threads 1"
+    assert (
+        main(
+            [
+                "bench",
+                "model",
+                *args.split(),
+                "--models",
+                "vit3d",
+                "trajvit2",
+                "vit3d+tome",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    result = json.loads(out.read_text())
+    assert result["record"]["command"].startswith("trajtok bench model --size tiny")
+    assert {"device", "date", "commit"} <= result["record"].keys()
+    rows = {(row["model"], row["frames"]): row for row in result["rows"]}
+    assert set(rows) == {(m, t) for m in ("vit3d", "trajvit2", "vit3d+tome") for t in (2, 4)}
+    for (_, frames), row in rows.items():
+        assert row["batch"] == 2 and row["train_clips_per_s"] > 0 and row["forward_clips_per_s"] > 0
+        assert (
+            row["step_memory_gib"] > 0 and row["train_gflops_per_clip"] > row["forward_gflops_per_clip"] > 0
+        )
+        assert row["mfu"] is None and row["achieved_tflops"] > 0  # a CPU has no MFU
+        assert row["vs_vit3d"]["train"] == pytest.approx(
+            row["train_clips_per_s"] / rows["vit3d", frames]["train_clips_per_s"]
+        )
+    assert rows["vit3d", 4]["tokens_per_clip"] == 2 * 2 * 2  # 2x16x16 tubelets of 4 frames at 32 px
+    assert rows["vit3d", 4]["vs_vit3d"] == {"train": 1.0, "forward": 1.0, "memory": 1.0}
+    assert rows["trajvit2", 4]["tokenizer_share"] > 0 and 1 <= rows["trajvit2", 4]["tokens_per_clip"] <= 64
+    assert "| T | model | batch |" in capsys.readouterr().out
+
+
+def test_bench_data_through_the_cli(tmp_path, capsys) -> None:
+    out = tmp_path / "data.json"
+    args = "--clips 2 --frames 4 --short-side 64 --size 32 --batch 2 --batches 1 --workers 1 --repeats 1"
+    assert main(["bench", "data", *args.split(), "--step-rate", "10", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["decode_clips_per_s_per_core"]) == {"decord", "pyav"}
+    assert all(rate > 0 for rate in result["decode_clips_per_s_per_core"].values())
+    per_worker = result["loader_clips_per_s_per_worker"]
+    assert per_worker > 0 and result["loader_clips_per_s"]["1"] > 0
+    (sizing,) = result["workers_per_gpu"]
+    assert sizing["workers_for_5pct_wait"] == max(1, -(-9.5 // per_worker))
+    assert "decode, decord, per core" in capsys.readouterr().out
+
+
+def test_bench_help_lists_the_benchmarks(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert "model" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["bench", "model", "--help"])
+    assert "--frames" in capsys.readouterr().out
