@@ -39,6 +39,8 @@ class ShardStats:
     trajectories: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the worker process (all its threads) while on this shard
+    worker: str = ""  # host:pid of the worker that wrote it
     version: int = STATS_VERSION
 
     def to_json(self) -> dict[str, Any]:

@@ -4,17 +4,17 @@ Only small things cross the object store: a shard's plan on the way out, its sta
 a worker's status (row, clips done) when polled. Frames stay inside the worker that decodes them.
 
 The watchdog: a worker whose status has not changed for `stall_timeout` seconds since it began its
-shard is stuck on one row
-(a decode that never returns, a labeler that hangs). It is killed and replaced, the row is recorded as
-failed, and the shard starts again without it. A worker that dies (segfault, out of memory) is handled the
-same way, blaming the row it last reported. A shard that keeps failing with nobody to blame is given up
-after `max_attempts`; its rows count as failed for this run and a rerun tries it again.
+shard is stuck on one row (a decode that never returns, a labeler that hangs). It is killed and replaced,
+the row is recorded as failed, and the shard starts again without it. A worker that dies (segfault, out
+of memory, kill -9) is replaced and its shard run again; a row that two workers died on is recorded as
+failed. A shard that keeps failing with nobody to blame is given up after `max_attempts`; its rows
+count as failed for this run (not recorded in stats), so a rerun tries it again.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +43,7 @@ class WorkerStatus:
 class _Job:
     plan: ShardPlan
     abandoned: dict[int, str] = field(default_factory=dict)  # line -> why the row was given up
+    deaths: Counter = field(default_factory=Counter)  # line -> workers that died on it
     attempts: int = 0
 
 
@@ -120,7 +121,7 @@ def run_shards(
             for slot in slots:
                 if slot.started() and time.monotonic() - slot.changed_at > stall_timeout:
                     reason = f"stalled: no progress for {stall_timeout:g} s"
-                    _abandon_row(slot, queue, result, max_attempts, reason)
+                    _lose_worker(slot, queue, result, max_attempts, reason, stalled=True)
             on_progress(clips_finished + sum(s.status.clips for s in slots if s.started()), None)
     finally:
         for slot in slots:
@@ -133,7 +134,7 @@ def _collect(slot: _Slot, queue: deque[_Job], result: DispatchResult, max_attemp
     try:
         stats = ray.get(slot.ref)
     except RayActorError as err:
-        _abandon_row(slot, queue, result, max_attempts, f"worker died: {_first_line(err)}")
+        _lose_worker(slot, queue, result, max_attempts, f"worker died: {_first_line(err)}", stalled=False)
         return None
     except RayTaskError as err:
         job = slot.release()
@@ -144,17 +145,21 @@ def _collect(slot: _Slot, queue: deque[_Job], result: DispatchResult, max_attemp
     return stats
 
 
-def _abandon_row(
-    slot: _Slot, queue: deque[_Job], result: DispatchResult, max_attempts: int, reason: str
+def _lose_worker(
+    slot: _Slot, queue: deque[_Job], result: DispatchResult, max_attempts: int, reason: str, stalled: bool
 ) -> None:
-    """Replace the worker; the row it was on is failed with `reason` and the shard goes again first."""
+    """Replace the worker and run its shard again first. The row it was on is failed with `reason` if
+    it stalled, or if a worker already died on it: one death may be the node's fault (OOM killer,
+    preemption, kill -9), so that row gets another try."""
     line = slot.status.line if slot.started() else -1
     job = slot.release()
     slot.replace_worker()
     result.worker_restarts += 1
     if line >= 0:
-        job.abandoned[line] = f"{reason} (worker restarted)"
-        job.attempts -= 1  # the culprit is known and excluded: this try does not count
+        job.deaths[line] += 1
+        if stalled or job.deaths[line] >= 2:
+            job.abandoned[line] = f"{reason} ({'' if stalled else 'twice on this row; '}worker restarted)"
+            job.attempts -= 1  # the culprit is known and excluded: this try does not count
     _retry_or_give_up(job, queue, result, max_attempts, reason)
 
 

@@ -57,9 +57,9 @@ def run_shard_job(cfg: JobConfig) -> dict[str, Any]:
     manifest = read_manifest(cfg.data.manifest, strict=False)
     rows, rejected = _usable_rows(manifest)
     per_shard = rows_per_shard(cfg.pipeline.clips_per_shard, cfg.clip.clips_per_video)
-    plans = plan_shards(rows, per_shard, _fingerprint)
+    plans = plan_shards(rows, per_shard, row_fingerprint)
     settings = settings_digest(cfg)
-    state = resume_state(out, plans, settings)
+    state = resume_state(out, plans, settings, cfg.pipeline.retry_failed)
     if state.conflicts:
         if not cfg.pipeline.overwrite:
             raise ConfigError(
@@ -181,8 +181,11 @@ def settings_digest(cfg: JobConfig) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def resume_state(out: OutputDir, plans: list[ShardPlan], settings: str) -> ResumeState:
-    """Split the plan into finished and pending shards by the stats found in `out`."""
+def resume_state(
+    out: OutputDir, plans: list[ShardPlan], settings: str, retry_failed: bool = False
+) -> ResumeState:
+    """Split the plan into finished and pending shards by the stats found in `out`; with `retry_failed`,
+    a finished shard that recorded failed rows counts as pending."""
     names = set(out.names())
     planned = {f"{plan.name}{STATS_SUFFIX}": plan for plan in plans}
     state = ResumeState([], [], [n for n in sorted(names) if n.endswith(STATS_SUFFIX) and n not in planned])
@@ -194,7 +197,10 @@ def resume_state(out: OutputDir, plans: list[ShardPlan], settings: str) -> Resum
         if stats is None:  # unreadable: as if absent
             state.todo.append(plan)
         elif stats.settings_digest == settings and stats.plan_digest == plan.digest:
-            state.done.append(stats)
+            if retry_failed and any(row.status == FAILED for row in stats.rows):
+                state.todo.append(plan)
+            else:
+                state.done.append(stats)
         else:
             state.conflicts.append(stats_name)
             state.todo.append(plan)
@@ -244,7 +250,8 @@ def _problem_reason(reason: str) -> str:
     return f"{kind}: {reason}"
 
 
-def _fingerprint(row: ManifestRow) -> list[Any]:
+def row_fingerprint(row: ManifestRow) -> list[Any]:
+    """What of a row decides its samples: the digest of a shard's plan is made of these."""
     return [row.line, row.path, row.captions, row.start, row.end, row.id, row.extra]
 
 

@@ -9,9 +9,12 @@ unexpected error, with the message).
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import cv2
@@ -31,6 +34,7 @@ from trajtok.data.sample import build_sample
 from trajtok.errors import TrajTokError
 
 TAR_MTIME = 0.0  # fixed member times: a shard's bytes depend on its samples only
+_WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass
@@ -50,8 +54,12 @@ class ShardWorker:
         cv2.setNumThreads(threads)
         self.ctx = ctx
         self.labeler: Labeler | None = None
+        self.labeler_info: dict[str, Any] | None = None
+        self.batch_size = 1
         if ctx.cfg.pipeline.label:
             self.labeler = labeler_from_config(ctx.cfg.pseudolabel)
+            self.labeler_info = self.labeler.describe()
+            self.batch_size = max(1, self.labeler.requirements.batch_size)
         self._status = WorkerStatus()
 
     @ray.method(concurrency_group="status")
@@ -60,10 +68,10 @@ class ShardWorker:
 
     def process(self, plan: ShardPlan[ManifestRow], abandoned: dict[int, str]) -> ShardStats:
         """Write the shard's tar, then its stats (the completion marker); `abandoned` rows fail as given."""
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         out, name = self.ctx.out, plan.name
         out.remove_leftovers(name)
-        stats = ShardStats(name, self.ctx.settings_digest, plan.digest, rows=[])
+        stats = ShardStats(name, self.ctx.settings_digest, plan.digest, rows=[], worker=_WORKER)
         self._status = WorkerStatus(name)
         with out.atomic_writer(name + TAR_SUFFIX) as f:
             writer = TarWriter(f, encoder=False, mtime=TAR_MTIME)
@@ -81,6 +89,7 @@ class ShardWorker:
                 stats.rows.append(outcome)
             writer.close()
         stats.seconds = round(time.monotonic() - started, 3)
+        stats.cpu_seconds = round(time.process_time() - cpu_started, 3)
         out.write_json(name + STATS_SUFFIX, stats.to_json())
         self._status = WorkerStatus(name, -1, stats.clips, len(stats.rows))
         return stats
@@ -96,31 +105,38 @@ class ShardWorker:
         return RowOutcome(row.line, row.path, WRITTEN, keys=[s["__key__"] for s, _, _ in samples]), samples
 
     def _samples(self, row: ManifestRow) -> Iterator[tuple[dict[str, Any], Clip, int]]:
+        """The row's clips, labelled `batch_size` at a time (what a GPU labeler wants), as samples."""
         cfg = self.ctx.cfg
-        for clip in read_clips(row.path, row.start, row.end, cfg.clip, cfg.pipeline.decode_timeout):
-            labels, trajectories = None, 0
+        clips = read_clips(row.path, row.start, row.end, cfg.clip, cfg.pipeline.decode_timeout)
+        for batch in _batches(clips, self.batch_size):
+            results = [None] * len(batch)
             if self.labeler is not None:
-                result = self.labeler.label(clip.frames, clip.timestamps, row.path)
-                labels, trajectories = result.labels, result.num_trajectories
-            sample = build_sample(
-                clip.frames,
-                labels,
-                source=row.path,
-                clip_index=clip.index,
-                clip_start=clip.start,
-                clip_end=clip.end,
-                timestamps=clip.timestamps,
-                captions=row.captions,
-                source_fps=clip.info.fps if clip.info.fps > 0 else None,
-                source_width=clip.info.width,
-                source_height=clip.info.height,
-                labeler=None if self.labeler is None else self.labeler.describe(),
-                frame_format=cfg.pipeline.frame_format,
-                extra=_extra(row),
-            )
-            status = self._status
-            self._status = WorkerStatus(status.shard, row.line, status.clips + 1, status.rows_done)
-            yield sample, clip, trajectories
+                results = self.labeler.label_batch([(c.frames, c.timestamps, row.path) for c in batch])
+            for clip, result in zip(batch, results):
+                sample = build_sample(
+                    clip.frames,
+                    None if result is None else result.labels,
+                    source=row.path,
+                    clip_index=clip.index,
+                    clip_start=clip.start,
+                    clip_end=clip.end,
+                    timestamps=clip.timestamps,
+                    captions=row.captions,
+                    source_fps=clip.info.fps if clip.info.fps > 0 else None,
+                    source_width=clip.info.width,
+                    source_height=clip.info.height,
+                    labeler=self.labeler_info,
+                    frame_format=cfg.pipeline.frame_format,
+                    extra=_extra(row),
+                )
+                status = self._status
+                self._status = WorkerStatus(status.shard, row.line, status.clips + 1, status.rows_done)
+                yield sample, clip, 0 if result is None else result.num_trajectories
+
+
+def _batches(clips: Iterator[Clip], size: int) -> Iterator[list[Clip]]:
+    while batch := list(islice(clips, size)):
+        yield batch
 
 
 def _extra(row: ManifestRow) -> dict[str, Any]:

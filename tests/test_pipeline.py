@@ -12,8 +12,11 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import threading
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import av
 import numpy as np
@@ -23,7 +26,10 @@ import webdataset as wds
 from mlflow import MlflowClient
 
 from launch.cli import main
+from pipeline.accounting import FAILED, WRITTEN, RowOutcome, ShardStats
+from pipeline.dispatch import WorkerStatus, run_shards
 from pipeline.job import run_shard_job
+from pipeline.plan import ShardPlan, plan_shards
 from pipeline.shard_report import inspect_shards
 from trajtok.config import JobConfig, SynthConfig, load_config
 from trajtok.data.encode import write_video
@@ -264,16 +270,16 @@ def test_changed_settings_are_refused_unless_overwrite(finished_job, tmp_path: P
     cfg, first = finished_job
     out = tmp_path / "out"
     shutil.copytree(cfg.pipeline.out, out)
-    changed = _config(cfg, out, tmp_path, "pseudolabel.params={regions: 8}")
+    changed = _config(cfg, out, tmp_path, "pseudolabel.max_trajectories=64")
     with pytest.raises(ConfigError, match="pipeline.overwrite=true"):
         run_shard_job(changed)
     rewritten = run_shard_job(
-        _config(cfg, out, tmp_path, "pseudolabel.params={regions: 8}", "pipeline.overwrite=true")
+        _config(cfg, out, tmp_path, "pseudolabel.max_trajectories=64", "pipeline.overwrite=true")
     )
     assert rewritten["run"]["shards_written"] == first["shards"]
     assert rewritten["written"] == first["written"]
     meta = [decode_sample(s).meta for s in wds.WebDataset(str(out / "shard-000000.tar"), shardshuffle=False)]
-    assert all(m.labeler.params["regions"] == 8 for m in meta)
+    assert all(m.labeler.params["max_trajectories"] == 64 for m in meta)
 
 
 def test_unlabelled_jpg_frames(local_ray, mixed_manifest: Path, tmp_path: Path):
@@ -333,6 +339,87 @@ def test_cli_exit_status(local_ray, mixed_manifest: Path, tmp_path: Path, capsys
     blocker.write_text("")
     assert main(["shard", f"manifest={two}", f"out={blocker / 'out'}", *args]) == 2
     assert "cannot write there" in capsys.readouterr().err
+
+
+class _Row(NamedTuple):
+    line: int
+    path: str
+
+
+class _ScriptedWorker:
+    """A shard worker (same interface as pipeline.worker.ShardWorker) that dies or hangs where told:
+    `die_on[line]` times on a row (counted in files, across restarts), forever on `hang_on` rows."""
+
+    def __init__(self, die_on: dict[int, int], hang_on: set[int], marks: str) -> None:
+        self.die_on, self.hang_on, self.marks = die_on, hang_on, Path(marks)
+        self._status = WorkerStatus()
+
+    @ray.method(concurrency_group="status")
+    def status(self) -> WorkerStatus:
+        return self._status
+
+    def process(self, plan: ShardPlan, abandoned: dict[int, str]) -> ShardStats:
+        rows: list[RowOutcome] = []
+        for row in plan.rows:
+            self._status = WorkerStatus(plan.name, row.line, len(rows), len(rows))
+            if row.line in abandoned:
+                rows.append(RowOutcome(row.line, row.path, FAILED, abandoned[row.line]))
+                continue
+            deaths = self.marks / f"deaths-{row.line}"
+            if len(deaths.read_text() if deaths.exists() else "") < self.die_on.get(row.line, 0):
+                deaths.write_text(deaths.read_text() + "x" if deaths.exists() else "x")
+                time.sleep(1.5)  # long enough for the driver to see which row this worker is on
+                os._exit(1)  # what a segfault or the OOM killer looks like from outside
+            if row.line in self.hang_on:
+                time.sleep(3600)
+            time.sleep(0.1)
+            rows.append(RowOutcome(row.line, row.path, WRITTEN, keys=[f"k{row.line}"]))
+        written = sum(r.status == WRITTEN for r in rows)
+        return ShardStats(plan.name, "settings", plan.digest, rows, clips=written)
+
+
+def test_dispatcher_recovers_from_dead_and_stuck_workers(local_ray, tmp_path: Path):
+    """Line 2's worker dies once (the node's fault: retried, not blamed), line 4 kills every worker that
+    reads it (failed after two deaths), line 6 hangs (failed by the watchdog); the rest is written."""
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not importable in workers
+    rows = [_Row(line, f"v{line}.mp4") for line in range(1, 8)]
+    plans = plan_shards(rows, 2, lambda row: list(row))
+    worker = ray.remote(concurrency_groups={"status": 1})(_ScriptedWorker).options(num_cpus=0.5)
+    result = run_shards(
+        plans,
+        lambda: worker.remote({2: 1, 4: 99}, {6}, str(tmp_path)),
+        workers=2,
+        stall_timeout=4,
+    )
+    outcomes = {row.line: row for stats in result.stats for row in stats.rows}
+    assert sorted(outcomes) == list(range(1, 8)) and not result.lost
+    assert sorted(line for line, row in outcomes.items() if row.status == WRITTEN) == [1, 2, 3, 5, 7]
+    assert outcomes[4].reason.startswith("worker died: ") and outcomes[4].status == FAILED
+    assert "twice on this row" in outcomes[4].reason
+    assert outcomes[6].reason.startswith("stalled: no progress for 4 s") and outcomes[6].status == FAILED
+    assert result.worker_restarts == 4  # line 2 once, line 4 twice, line 6 once
+    assert (tmp_path / "deaths-2").read_text() == "x" and (tmp_path / "deaths-4").read_text() == "xx"
+
+
+def test_dispatcher_gives_up_a_shard_nobody_can_be_blamed_for(local_ray, tmp_path: Path):
+    """A worker that cannot even start (bad environment): the shard is given up after max_attempts and
+    its rows are failed for this run only (no stats, so a rerun tries again)."""
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not importable in workers
+
+    def broken_worker():
+        return ray.remote(concurrency_groups={"status": 1})(_BrokenWorker).options(num_cpus=0.5).remote()
+
+    plans = plan_shards([_Row(1, "a.mp4"), _Row(2, "b.mp4")], 2, lambda row: list(row))
+    result = run_shards(plans, broken_worker, workers=1, stall_timeout=30, max_attempts=2)
+    assert not result.stats and [r.line for r in result.lost] == [1, 2]
+    assert all("given up after 2 attempts: worker died: " in r.reason for r in result.lost)
+    assert "no GPU driver on this node" in result.lost[0].reason
+
+
+class _BrokenWorker(_ScriptedWorker):
+    def __init__(self) -> None:
+        raise RuntimeError("no GPU driver on this node")
 
 
 # --- helpers ---------------------------------------------------------------------------------------

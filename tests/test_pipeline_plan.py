@@ -161,11 +161,23 @@ def test_resume_state_keeps_matching_shards_and_flags_changed_ones(tmp_path: Pat
     assert state.conflicts == ["shard-000007.stats.json", "shard-000001.stats.json"]
 
 
+def test_retry_failed_reopens_shards_with_failed_rows(tmp_path: Path):
+    plans = plan_shards(read_manifest(_manifest(tmp_path, 4)).rows, 2, _fingerprint)
+    out = OutputDir(str(tmp_path / "out"))
+    out.make()
+    rows = [RowOutcome(1, "a", WRITTEN, keys=["a"]), RowOutcome(2, "b", FAILED, "stalled: no progress")]
+    for plan, outcomes in zip(plans, (rows, [])):
+        out.write_json(f"{plan.name}.stats.json", ShardStats(plan.name, "S", plan.digest, outcomes).to_json())
+    assert [s.shard for s in resume_state(out, plans, "S").done] == ["shard-000000", "shard-000001"]
+    state = resume_state(out, plans, "S", retry_failed=True)
+    assert [p.name for p in state.todo] == ["shard-000000"] and not state.conflicts
+
+
 def test_settings_digest_tracks_what_changes_the_bytes():
     base = load_config(None, [])
     same = load_config(None, ["pipeline.label_actors=4", "ray.num_cpus=2", "pipeline.out=elsewhere"])
     assert settings_digest(base) == settings_digest(same)
-    changes = ["clip.frames=8", "pseudolabel.params={regions: 12}", "pipeline.frame_format=jpg"]
+    changes = ["clip.frames=8", "pseudolabel.max_trajectories=100", "pipeline.frame_format=jpg"]
     for change in [*changes, "pipeline.label=false"]:
         assert settings_digest(load_config(None, [change])) != settings_digest(base), change
 

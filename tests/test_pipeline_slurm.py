@@ -1,8 +1,7 @@
 """`trajtok submit shard ... launch.backend=slurm`: the shard job inside a real SLURM allocation.
 
-A one-node SLURM cluster of our own (scripts/slurm-local.sh, on its own ports and folder) runs the job
-through submitit; launch/ starts a Ray head in the allocation and runs the shard driver on it. Skipped
-where the machine cannot start SLURM daemons (not root, no packages).
+The session's one-node SLURM cluster (the `slurm_cluster` fixture) runs the job through submitit; launch/
+starts a Ray head in the allocation and runs the shard driver on it.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -25,53 +23,20 @@ pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _free_port_run(count: int = 3) -> int:
-    """A port p with p .. p+count-1 all free (slurmctld, slurmd, slurmdbd)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count < 65535 and all(_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no run of free ports")
+@pytest.fixture
+def slurm_env(slurm_cluster: Path) -> dict[str, str]:
+    return {**os.environ, "SLURM_CONF": str(slurm_cluster)}
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-@pytest.fixture(scope="module")
-def slurm_env(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("slurm")
-    env = {**os.environ, "ROOT": str(root), "PORT": str(_free_port_run()), "ACCT": "none"}
-    script = str(REPO / "scripts" / "slurm-local.sh")
-    started = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=300)
-    if started.returncode == 3:
-        pytest.skip(f"this machine cannot run SLURM daemons: {started.stderr.strip()}")
-    slurm = {**os.environ, "SLURM_CONF": str(root / "etc" / "slurm.conf")}
-    try:
-        assert started.returncode == 0, started.stderr
-        yield slurm
-    finally:
-        subprocess.run(["scancel", "--user", "root"], env=slurm, timeout=60)
-        _wait_until_idle(slurm)  # stopping the daemons under a running step would orphan it
-        subprocess.run(["bash", str(REPO / "scripts" / "slurm-local-stop.sh")], env=env, timeout=120)
-
-
-def _queued(slurm: dict[str, str], job_id: str | None = None) -> bool:
-    command = ["squeue", "-h"] + (["-j", job_id] if job_id else [])
+def _queued(slurm: dict[str, str], job_id: str) -> bool:
+    command = ["squeue", "-h", "-j", job_id]
     listed = subprocess.run(command, env=slurm, capture_output=True, text=True, timeout=60)
     return listed.returncode == 0 and bool(listed.stdout.strip())
 
 
-def _wait_until_idle(slurm: dict[str, str], timeout: float = 180) -> None:
+def _wait_for_end(slurm: dict[str, str], job_id: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
-    while _queued(slurm) and time.monotonic() < deadline:
+    while _queued(slurm, job_id) and time.monotonic() < deadline:
         time.sleep(1)
 
 
@@ -117,7 +82,7 @@ def test_submit_shard_runs_on_ray_inside_slurm(slurm_env: dict[str, str], tmp_pa
             tail = log.read_text()[-3000:] if log.exists() else "(no log)"
             pytest.fail(f"job {job_id} ended or timed out without a summary; log:\n{tail}")
         time.sleep(1)
-    _wait_until_idle(slurm_env)  # the head node stops Ray, then the job ends
+    _wait_for_end(slurm_env, job_id)  # the head node stops Ray, then the job ends
     assert not _queued(slurm_env, job_id), f"job {job_id} did not end after its driver finished"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["written"] == summary["rows"] == summary["clips"] == 4
