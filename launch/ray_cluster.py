@@ -80,8 +80,9 @@ def run_ray_job(entry: str, cfg: JobConfig) -> Any:
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     if job.node == 0:
         token.parent.mkdir(parents=True, exist_ok=True)
+        token.unlink(missing_ok=True)
+        token.touch(mode=0o600)  # readable by this user only, from the start
         token.write_text(secrets.token_hex(32))  # before the head listens, so workers never read a stale one
-        token.chmod(0o600)
         ray_head = _ray_start(["--head", f"--port={port}", "--include-dashboard=false"], cfg)
         try:
             _wait_for_head(head, port, ray_head)

@@ -27,6 +27,7 @@ import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
 from launch.local import load_entry
+from launch.ray_cluster import run_ray_job
 from trajtok.config import JobConfig, save_config
 from trajtok.distributed import distributed_env
 from trajtok.errors import ConfigError
@@ -45,8 +46,6 @@ class SlurmTask(submitit.helpers.Checkpointable):
         if job.global_rank == 0:
             save_config(cfg, cfg.run_dir)
         if self.ray:
-            from launch.ray_cluster import run_ray_job
-
             return run_ray_job(self.entry, cfg)
         distributed_env()
         return load_entry(self.entry)(cfg)

@@ -20,6 +20,10 @@ if [ -n "$missing" ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 CPUS=$(nproc)
+wait_port() {  # until something listens on 127.0.0.1:$1 (a pid file appears before a daemon is ready)
+  for _ in $(seq 1 120); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.25; done
+  echo "slurm-local: nothing listens on port $1; see $ROOT/log" >&2; return 1
+}
 # A requeued job waits cred_expire seconds before it may start again (SLURM's default 120 s); short for tests.
 CRED_EXPIRE=${CRED_EXPIRE:-10}
 mkdir -p "$ROOT"/{etc,state,spool,log,run,munge,mysql/data,mysql/run}
@@ -109,8 +113,8 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
 if [ "$ACCT" = dbd ]; then
   MYSQL_UNIX_PORT=$ROOT/mysql/run/mysqld.sock slurmdbd     # reads slurmdbd.conf from dirname($SLURM_CONF)
-  for _ in $(seq 1 60); do [ -s "$ROOT/run/slurmdbd.pid" ] && break; sleep 0.5; done; sleep 1
-  sacctmgr -i add cluster local > /dev/null 2>&1 || true
+  wait_port $((PORT + 2))                                  # slurmctld gives up at once if slurmdbd is not up
+  sacctmgr -n list cluster format=cluster | grep -qw local || sacctmgr -i add cluster local > /dev/null
 fi
 slurmctld -f "$SLURM_CONF"
 slurmd -f "$SLURM_CONF" -N localhost                     # -N: the node is named localhost whatever the hostname

@@ -119,12 +119,13 @@ def slurm_cluster() -> Iterator[Path]:
     env = {**os.environ, "ROOT": str(root), "PORT": str(_free_port_block(3))}
     previous = os.environ.get("SLURM_CONF")
     try:
-        started = subprocess.run(
-            ["bash", str(REPO_ROOT / "scripts" / "slurm-local.sh")], env=env, capture_output=True, text=True
-        )
-        if started.returncode != 0:
-            detail = (started.stderr.strip().splitlines() or ["no message"])[-1]
-            reason = f"local SLURM cluster did not start (status {started.returncode}): {detail}"
+        # Output to a file, not a pipe: a daemon inheriting the pipe would hold it open after the script ends.
+        script = ["bash", str(REPO_ROOT / "scripts" / "slurm-local.sh")]
+        with open(root / "start.log", "w") as log:
+            status = subprocess.run(script, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=900)
+        if status.returncode != 0:
+            detail = ((root / "start.log").read_text().strip().splitlines() or ["no message"])[-1]
+            reason = f"local SLURM cluster did not start (status {status.returncode}): {detail}"
             if os.environ.get("CI") == "true":
                 pytest.fail(reason)
             pytest.skip(reason)
