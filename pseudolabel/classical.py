@@ -41,10 +41,8 @@ class ClassicalParams:
     superpixels: str = "felzenszwalb"  # felzenszwalb | slic | watershed
     superpixel_size: int = 48  # Felzenszwalb's scale; for slic and watershed the area per seed (work pixels)
     flow: str = "dis"  # dis | farneback
-    texture_blur: float = (
-        3.0  # Gaussian sigma (work pixels) of the colours compared: finer texture is ignored
-    )
-    colour_tolerance: float = 8.0  # CIELAB distance within which a carried pixel still shows the same thing
+    texture_blur: float = 2.0  # Gaussian sigma (work pixels) of colours compared: finer texture is ignored
+    colour_tolerance: float = 10.0  # CIELAB distance within which a carried pixel still shows the same thing
     new_content: float = 0.5  # share of a superpixel that received no label which makes it new content
     cut_threshold: float = 0.5  # Hellinger distance of consecutive colour histograms that starts a new shot
 
