@@ -74,10 +74,11 @@ def run_shard_job(cfg: JobConfig) -> dict[str, Any]:
     ctx = ShardContext(cfg, out, settings)
     with start_tracker(cfg, rank=0, run_dir=run_dir) as tracker:
         with ray_session(cfg.ray), _Progress(state.todo, cfg.clip.clips_per_video, tracker) as progress:
+            gpus = worker_gpus(cfg)
             result = run_shards(
                 state.todo,
-                lambda: start_worker(ctx, cfg.pipeline.label_gpus),
-                workers=cfg.pipeline.label_actors or cluster_workers(cfg.pipeline.label_gpus),
+                lambda: start_worker(ctx, gpus),
+                workers=cfg.pipeline.label_actors or cluster_workers(gpus),
                 stall_timeout=cfg.pipeline.stall_timeout,
                 max_attempts=cfg.pipeline.max_attempts,
                 on_progress=progress.update,
@@ -253,6 +254,15 @@ def _problem_reason(reason: str) -> str:
 def row_fingerprint(row: ManifestRow) -> list[Any]:
     """What of a row decides its samples: the digest of a shard's plan is made of these."""
     return [row.line, row.path, row.captions, row.start, row.end, row.id, row.extra]
+
+
+def worker_gpus(cfg: JobConfig) -> float:
+    """GPUs per worker: `pipeline.label_gpus`, or, when that is 0, one if the labeler wants a GPU and the
+    cluster has one (an actor without GPUs sees none: a GPU labeler would silently run on the CPU)."""
+    if cfg.pipeline.label_gpus > 0 or not cfg.pipeline.label:
+        return cfg.pipeline.label_gpus
+    wants_gpu = labeler_from_config(cfg.pseudolabel).requirements.device == "gpu"
+    return 1.0 if wants_gpu and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
 def cluster_workers(gpus_per_worker: float) -> int:

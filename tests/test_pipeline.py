@@ -28,7 +28,7 @@ from mlflow import MlflowClient
 from launch.cli import main
 from pipeline.accounting import FAILED, WRITTEN, RowOutcome, ShardStats
 from pipeline.dispatch import WorkerStatus, run_shards
-from pipeline.job import run_shard_job
+from pipeline.job import cluster_workers, run_shard_job, worker_gpus
 from pipeline.plan import ShardPlan, plan_shards
 from pipeline.shard_report import inspect_shards
 from trajtok.config import JobConfig, SynthConfig, load_config
@@ -339,6 +339,15 @@ def test_cli_exit_status(local_ray, mixed_manifest: Path, tmp_path: Path, capsys
     blocker.write_text("")
     assert main(["shard", f"manifest={two}", f"out={blocker / 'out'}", *args]) == 2
     assert "cannot write there" in capsys.readouterr().err
+
+
+def test_worker_gpus_follow_the_labeler_and_the_cluster(local_ray):
+    assert worker_gpus(load_config(None, [])) == 0.0  # classical runs on the CPU
+    sam2 = ["pseudolabel.name=sam2", "pseudolabel.params={random_weights: true}"]
+    expected = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    assert worker_gpus(load_config(None, sam2)) == expected
+    assert worker_gpus(load_config(None, [*sam2, "pipeline.label_gpus=0.25"])) == 0.25
+    assert cluster_workers(0.0) == int(ray.cluster_resources()["CPU"])
 
 
 class _Row(NamedTuple):

@@ -125,12 +125,12 @@ class PipelineConfig:
     out: str = ""
     clips_per_shard: int = 64
     overwrite: bool = False
-    label_actors: int = 0  # worker actors; 0 = one per CPU of the Ray cluster (per label_gpus share of its GPUs)
-    label_gpus: float = 0.0  # GPUs per labelling actor
+    label_actors: int = 0  # worker actors; 0 = one per CPU of the Ray cluster (or per label_gpus of its GPUs)
+    label_gpus: float = 0.0  # GPUs per worker; 0 = one if the labeler wants a GPU and the cluster has one
     decode_timeout: float = 60.0  # seconds before a hanging decode is abandoned
     frame_format: str = "mp4"  # mp4 | jpg | png
     label: bool = True  # false: unlabelled samples (frames and metadata only)
-    stall_timeout: float = 600.0  # seconds without a finished clip before a worker is replaced, its row failed
+    stall_timeout: float = 600.0  # seconds without a finished clip: the worker is replaced, its row failed
     max_attempts: int = 3  # tries of a shard whose worker fails with no row to blame
     retry_failed: bool = False  # a rerun also redoes finished shards that recorded failed rows
 
