@@ -24,7 +24,7 @@ from typing import IO, Any
 
 from trajtok.config import JobConfig, load_config, save_config
 from trajtok.distributed import free_port
-from trajtok.errors import TrajTokError
+from trajtok.errors import ConfigError, TrajTokError
 
 GRACE_S = 5.0  # how long stopped ranks get to exit after SIGTERM before SIGKILL
 
@@ -66,7 +66,7 @@ def run_local(entry: str, cfg: JobConfig) -> int:
     """Run `entry` in `cfg.launch.nproc` local processes; 0 if all succeed, else the first failed status."""
     nproc = cfg.launch.nproc
     if nproc < 1:
-        raise TrajTokError(f"launch.nproc {nproc}: expected at least 1 process")
+        raise ConfigError(f"launch.nproc {nproc}: expected at least 1 process")
     load_entry(entry)  # a typo fails here, not in every rank
     config_path = save_config(cfg, cfg.run_dir)
     base_env = {

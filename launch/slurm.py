@@ -103,4 +103,8 @@ def submit(entry: str, cfg: JobConfig, ray: bool = False) -> submitit.Job:
     except RuntimeError as err:  # submitit's "Could not detect srun"
         raise ConfigError(f"launch.backend=slurm: {err}") from None
     executor.update_parameters(**slurm_parameters(cfg, ray))
-    return executor.submit(SlurmTask(entry, cfg, ray))
+    try:
+        return executor.submit(SlurmTask(entry, cfg, ray))
+    except submitit.core.utils.FailedJobError as err:  # sbatch said no: a partition, account or limit
+        reason = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        raise ConfigError(f"launch: sbatch refused the job: {reason}") from None

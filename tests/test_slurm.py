@@ -143,3 +143,11 @@ def test_ray_cluster_inside_a_slurm_job(slurm_cluster, tmp_path, monkeypatch):
     (result,) = _results(job)
     assert result["nodes"] == 1 and result["cpus"] == 2
     assert result["address"].endswith(f":{20000 + int(job.job_id) % 20000}")
+
+
+@pytest.mark.slurm
+def test_a_job_sbatch_refuses_is_one_line_naming_the_reason(slurm_cluster, tmp_path, capsys):
+    args = ["submit", "smoke", f"run_dir={tmp_path}", "launch.backend=slurm", "launch.partition=nope"]
+    assert main(args) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trajtok submit:")]
+    assert "sbatch refused the job" in line and "invalid partition specified: nope" in line
