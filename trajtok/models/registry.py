@@ -155,5 +155,5 @@ def compile_parts(model: nn.Module) -> None:
     one whole-model graph; per part, each n is one more cached graph of the encoder.
     """
     for part in model.parts().values():
-        if not isinstance(part, nn.ModuleList):
-            part.compile()
+        for module in part if isinstance(part, nn.ModuleList) else [part]:
+            module.compile()

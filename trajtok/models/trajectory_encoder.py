@@ -44,6 +44,7 @@ class TrajectoryEncoder(nn.Module):
         self.sub_tokens = nn.Parameter(fourier_features(MAX_TOKENS_PER_TRAJECTORY, dim))
         self.perceiver = Perceiver(dim, depth, heads, rotary)
 
+    @torch.compiler.disable  # a Python int by design: a compiled encoder keeps one graph per n
     def tokens_per_trajectory(self) -> int:
         """n for this forward: drawn per step in training (a model robust to every n), fixed at inference."""
         if not self.training:
