@@ -179,15 +179,18 @@ def segmentation_loss(
     valid = target != IGNORE  # (B, N)
     has_labels = valid.any(dim=1)
 
+    channel = target.clamp_min(0)
     log_probs = logits.log_softmax(dim=-1)
-    log_pt = log_probs.gather(-1, target.clamp_min(0)[..., None])[..., 0]
-    focal_pixels = -((1 - log_pt.exp()) ** gamma) * log_pt
+    log_pt = log_probs.gather(-1, channel[..., None])[..., 0]
+    pt = log_pt.exp()
+    focal_pixels = -((1 - pt) ** gamma) * log_pt
     focal = (focal_pixels * valid).sum(1) / valid.sum(1).clamp_min(1)
 
-    weight = valid[..., None].to(logits.dtype)
-    probs = log_probs.exp() * weight
-    onehot = F.one_hot(target.clamp_min(0), logits.shape[-1]).to(logits.dtype) * weight
-    intersection, prob_sum, target_sum = (probs * onehot).sum(1), probs.sum(1), onehot.sum(1)  # (B, K)
+    # per-channel Dice sums (B, K) without a (B, N, K) one-hot: only the target channel meets the target
+    weight = valid.to(logits.dtype)
+    prob_sum = (weight[:, None, :] @ log_probs.exp())[:, 0]
+    intersection = torch.zeros_like(prob_sum).scatter_add(1, channel, pt * weight)
+    target_sum = torch.zeros_like(prob_sum).scatter_add(1, channel, weight)
     matched = target_sum > 0
     dice_channels = 1 - (2 * intersection + DICE_SMOOTH) / (prob_sum + target_sum + DICE_SMOOTH)
     dice = (dice_channels * matched).sum(1) / matched.sum(1).clamp_min(1)
