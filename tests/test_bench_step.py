@@ -46,3 +46,18 @@ def test_early_matching_skips_eval_forwards() -> None:
     model.train()(torch.randn(1, 2, 3, 32, 32))
     with pytest.raises(RuntimeError):
         matching.targets(torch.zeros(1, 2, 8, 8, dtype=torch.long))  # removed: it no longer listens
+
+
+def test_channels_last_backbone_gives_the_same_features() -> None:
+    clip = ClipConfig(4, 32)
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(name="trajvit2", size="tiny"), clip).eval()
+    fast = build_model(ModelConfig(name="trajvit2", size="tiny", channels_last=True), clip).eval()
+    fast.load_state_dict(plain.state_dict())
+    assert fast.tokenizer.segmenter.backbone.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    frames = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        features, grid = fast.tokenizer.segmenter.backbone(frames)
+        reference, _ = plain.tokenizer.segmenter.backbone(frames)
+        assert grid == (4, 8, 8) and torch.allclose(features, reference, atol=1e-5)
+        assert torch.allclose(fast.encode_video(frames), plain.encode_video(frames), atol=1e-5)
