@@ -282,17 +282,22 @@ def test_changed_settings_are_refused_unless_overwrite(finished_job, tmp_path: P
     assert all(m.labeler.params["max_trajectories"] == 64 for m in meta)
 
 
-def test_unlabelled_jpg_frames(local_ray, mixed_manifest: Path, tmp_path: Path):
+def test_unlabelled_jpg_frames_through_uris(local_ray, mixed_manifest: Path, tmp_path: Path):
+    """Manifest, videos and output as fsspec URIs: file:// here, s3:// etc. where the driver is installed."""
     manifest = tmp_path / "two.jsonl"
-    manifest.write_text("".join(mixed_manifest.read_text().splitlines(keepends=True)[:2]))
+    rows = [json.loads(line) for line in mixed_manifest.read_text().splitlines()[:2]]
+    rows = [{**row, "video": f"file://{row['video']}"} for row in rows]
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
     cfg = _config(
-        load_config(None, [f"data.manifest={manifest}"]),
+        load_config(None, [f"data.manifest=file://{manifest}"]),
         tmp_path / "out",
         tmp_path,
         "pipeline.label=false",
         "pipeline.frame_format=jpg",
+        f"pipeline.out=file://{tmp_path / 'out'}",
     )
     summary = run_shard_job(cfg)
+    assert summary["manifest"] == f"file://{manifest}"
     assert summary["written"] == 2 and summary["trajectories"] == 0
     samples = list(wds.WebDataset(str(tmp_path / "out" / "shard-000000.tar"), shardshuffle=False))
     assert len(samples) == 4
