@@ -1,0 +1,84 @@
+"""`trajtok label` and `trajtok viz` through the real command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from launch.cli import main
+from trajtok.data.labels import load_labels, resize_frames, short_side_size
+from trajtok.data.video import load_clip
+from trajtok.viz import overlay_grid, trajectory_colours
+
+
+@pytest.fixture(scope="module")
+def labelled(shared_videos, tmp_path_factory):
+    """`trajtok label vtest.avi` on 6 frames at 96 px, and the frames it labelled."""
+    out = tmp_path_factory.mktemp("label")
+    video = shared_videos / "vtest.avi"
+    assert main(["label", str(video), "clip.frames=6", "clip.size=96", "--out", str(out), "--end", "6"]) == 0
+    frames, _, _ = load_clip(video, 6, "middle", None, 6.0)
+    frames = resize_frames(frames, short_side_size(*frames.shape[1:3], 96, multiple=2))
+    return out, frames
+
+
+def test_label_writes_map_record_and_pictures(labelled, capsys):
+    out, frames = labelled
+    labels = load_labels(out / "vtest_labels.npz")
+    assert labels.shape == frames.shape[:3] and labels.max() > 1
+    record = json.loads((out / "vtest_labels.json").read_text())
+    assert record["labeler"]["name"] == "classical" and record["trajectories"] == np.count_nonzero(
+        np.unique(labels)
+    )
+    assert len(record["timestamps"]) == 6 and record["frame_size"] == list(frames.shape[1:3])
+    with Image.open(out / "vtest_overlay.gif") as gif:
+        assert gif.n_frames == 6
+
+
+def test_label_picture_colours_follow_the_ids(labelled):
+    out, frames = labelled
+    labels = load_labels(out / "vtest_labels.npz")
+    png = np.asarray(Image.open(out / "vtest_overlay.png").convert("RGB"))
+    np.testing.assert_array_equal(png, overlay_grid(frames, labels))
+    # and, read off the picture: each trajectory's tint is its id's colour in every frame it is in
+    h, w = labels.shape[1:]
+    tinted = png.astype(np.float32)
+    colours = trajectory_colours(np.arange(labels.max() + 1)).astype(np.float32)
+    for t in range(len(frames)):
+        r, c = divmod(t, 3)
+        cell = tinted[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w]
+        tint = (cell - 0.45 * frames[t]) / 0.55
+        for k in np.unique(labels[t])[1:]:
+            inside = labels[t] == k
+            if inside.sum() > 50:
+                assert np.abs(np.median(tint[inside], axis=0) - colours[k]).max() < 12
+
+
+def test_viz_redraws_a_stored_map(labelled):
+    out, _ = labelled
+    assert main(["viz", str(out / "vtest_labels.npz"), "--out", str(out / "again")]) == 0
+    assert (out / "again.png").read_bytes() == (out / "vtest_overlay.png").read_bytes()
+
+
+def test_viz_draws_a_trajvit_sidecar(tmp_path, shared_videos):
+    video = tmp_path / "tree.avi"
+    video.symlink_to(shared_videos / "tree.avi")
+    masks = np.zeros((4, 24, 32), np.uint8)
+    masks[:, :, :16], masks[:, :, 16:] = 1, 2
+    np.savez_compressed(tmp_path / "tree_mask.npz", masks)
+    np.savez_compressed(tmp_path / "tree_graph.npz", tensor=np.array([[1, 1, 1, 1], [2, 2, 2, 2]]))
+    assert main(["viz", str(tmp_path / "tree_mask.npz")]) == 0
+    picture = np.asarray(Image.open(tmp_path / "tree_overlay.png"))
+    assert picture.shape == (2 * 24 + 2, 2 * 32 + 2, 3)
+
+
+def test_user_errors_are_one_line(tmp_path, shared_videos, capsys):
+    assert main(["label", str(tmp_path / "missing.mp4"), "--out", str(tmp_path)]) == 2
+    assert main(["label", str(shared_videos / "tree.avi"), "--labeler", "nope", "--out", str(tmp_path)]) == 2
+    assert main(["viz", str(tmp_path / "none.npz"), "--video", str(shared_videos / "tree.avi")]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(line.startswith("trajtok ") for line in errors)
+    assert "unknown labeler 'nope'" in errors[1]
