@@ -1,0 +1,323 @@
+"""Pseudo-labeller benchmark: quality against exact ground truth, clips/s per core, memory, real videos.
+
+1. quality: the labeler on synthetic clips of held-out seeds (`--seeds`; the classical labeler was
+   developed on seeds 1000-1031 and its tests use seeds from 7000), T frames at `--size` (H x W), scored with
+   `trajtok.eval.segmentation` against each target: purity >= 0.90, mean best overlap >= 0.60, mean
+   trajectory duration >= 0.8 T, at most 128 trajectories; VEQ and STQ are reported too.
+2. speed: labelling alone, this process pinned to one core with one thread: clips/s per core from CPU time
+   (what a core delivers however busy the machine) and from wall time. Decoding is timed apart: the
+   same clip from H.264 mp4 bytes (what shards hold) and 16 frames of the real vtest.avi resized to 224.
+   Peak memory of labelling one clip: the peak of traced allocations (numpy included) and the growth of
+   the peak resident size in a fresh process.
+3. real videos: trajectories and durations on 16 frames of vtest.avi and tree.avi at 224 px short side;
+   `--picture` writes both overlays into one PNG (docs/img/labels_real.png).
+4. `--compare`: every superpixel x flow choice of the classical labeler on the development seeds, the
+   measurement its defaults were chosen by.
+
+    .venv/bin/trajtok bench label --clips 32 --compare --picture docs/img/labels_real.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import resource
+import sys
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO_ROOT, run_record  # noqa: E402
+
+from pseudolabel.base import Labeler, build_labeler  # noqa: E402
+from pseudolabel.classical import FLOWS, SUPERPIXELS  # noqa: E402
+from trajtok.data.encode import encode_video  # noqa: E402
+from trajtok.data.labels import resize_frames, short_side_size  # noqa: E402
+from trajtok.data.synth import generate_clip  # noqa: E402
+from trajtok.data.video import load_clip, open_video  # noqa: E402
+from trajtok.eval.segmentation import evaluate_segmentation, mean_scores  # noqa: E402
+from trajtok.viz import overlay_frames, tile, write_png  # noqa: E402
+
+VIDEOS = REPO_ROOT.parent / "shared" / "data" / "videos"
+REAL = (("vtest.avi", 8.0), ("tree.avi", None))  # (file, clip end in seconds): tree.avi has 4.5 s of frames
+DEVELOPMENT_SEEDS = 1000
+TARGETS = {  # score -> (bound, "min" or "max")
+    "purity": (0.90, "min"),
+    "mean_best_overlap": (0.60, "min"),
+    "duration_fraction": (0.80, "min"),
+    "num_trajectories": (128, "max"),
+}
+SHOWN = ("purity", "mean_best_overlap", "undersegmentation_error", "duration_fraction", "num_trajectories")
+
+
+@contextlib.contextmanager
+def one_core() -> Iterator[None]:
+    """Run the block on a single core with one OpenCV and one torch thread: rates per core."""
+    cores = os.sched_getaffinity(0)
+    threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
+    os.sched_setaffinity(0, {min(cores)})
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cores)
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(cv_threads)
+
+
+def synthetic(seeds: range, frames: int, size: tuple[int, int]) -> list:
+    return [generate_clip(seed, frames, *size) for seed in tqdm(seeds, desc="synthetic clips", leave=False)]
+
+
+def score(labeler: Labeler, clips: list) -> dict:
+    """Mean scores over the clips, the worst clip's best overlap, and CPU seconds per clip."""
+    scores, cpu = [], 0.0
+    for clip in tqdm(clips, desc=f"{labeler.name} quality", leave=False):
+        times = np.arange(len(clip.frames)) / 8.0
+        started = time.process_time()
+        labels = labeler.label(clip.frames, times).labels
+        cpu += time.process_time() - started
+        scores.append(evaluate_segmentation(labels, clip.labels))
+    return {
+        **mean_scores(scores),
+        "worst_best_overlap": min(s.mean_best_overlap for s in scores),
+        "max_trajectories": max(s.num_trajectories for s in scores),
+        "cpu_seconds_per_clip": cpu / len(clips),
+    }
+
+
+def speed(labeler: Labeler, clips: list) -> dict:
+    """Labelling clips/s on one core, by CPU time and by wall time (after one warm-up clip)."""
+    with one_core():
+        labeler.label(clips[0].frames, np.arange(len(clips[0].frames)) / 8.0)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for clip in clips:
+            labeler.label(clip.frames, np.arange(len(clip.frames)) / 8.0)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"clips_per_s_per_core_cpu": len(clips) / cpu, "clips_per_s_per_core_wall": len(clips) / wall}
+
+
+def decode_seconds(clips: list) -> dict:
+    """Seconds to decode one clip: from its H.264 mp4 bytes, and from the real vtest.avi (16 frames, 224)."""
+    blobs = [encode_video(clip.frames, fps=8) for clip in clips]
+    with one_core():
+        started = time.perf_counter()
+        for blob in blobs:
+            with open_video(blob) as video:
+                video.read_frames(np.arange(video.info.num_frames))
+        from_mp4 = (time.perf_counter() - started) / len(blobs)
+        started = time.perf_counter()
+        for _ in range(3):
+            frames, _, _ = load_clip(VIDEOS / "vtest.avi", 16, "middle")
+            resize_frames(frames, short_side_size(*frames.shape[1:3], 224, multiple=2))
+        from_avi = (time.perf_counter() - started) / 3
+    return {"mp4_clip": from_mp4, "vtest_avi_16_frames_224": from_avi}
+
+
+def _peak_rss_child(name: str, params: dict, seed: int, frames: int, size: tuple, queue) -> None:
+    clip = generate_clip(seed, frames, *size)
+    labeler = build_labeler(name, params)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    labeler.label(clip.frames, np.arange(frames) / 8.0)
+    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+
+
+def memory(name: str, params: dict, clip, seed: int) -> dict:
+    """MiB: peak of traced allocations while labelling one clip, and growth of a fresh process's peak RSS."""
+    labeler = build_labeler(name, params)
+    tracemalloc.start()
+    labeler.label(clip.frames, np.arange(len(clip.frames)) / 8.0)
+    traced = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(
+        target=_peak_rss_child, args=(name, params, seed, len(clip.frames), clip.frames.shape[1:3], queue)
+    )
+    child.start()
+    rss = queue.get(timeout=600)
+    child.join()
+    return {"traced_peak_mib": traced, "rss_growth_mib": rss}
+
+
+def real_videos(labeler: Labeler, picture: Path | None) -> list[dict]:
+    rows, strips = [], []
+    for name, end in REAL:
+        frames, times, _ = load_clip(VIDEOS / name, 16, "middle", None, end)
+        frames = resize_frames(frames, short_side_size(*frames.shape[1:3], 224, multiple=2))
+        started = time.process_time()
+        result = labeler.label(frames, times)
+        cpu = time.process_time() - started
+        stats = result.trajectories
+        rows.append(
+            {
+                "video": name,
+                "size": list(frames.shape[1:3]),
+                "trajectories": result.num_trajectories,
+                "mean_frames_present": float(stats.frames_present.mean()),
+                "full_length": int(np.count_nonzero(stats.frames_present == len(frames))),
+                "cpu_seconds": cpu,
+            }
+        )
+        strips.append(tile(overlay_frames(frames, result.labels)[[0, 5, 10, 15]], columns=4))
+    if picture is not None:
+        width = max(s.shape[1] for s in strips)
+        padded = [np.pad(s, ((0, 4), (0, width - s.shape[1]), (0, 0))) for s in strips]
+        write_png(picture, np.concatenate(padded)[:-4])
+    return rows
+
+
+def compare(frames: int, size: tuple[int, int], count: int) -> list[dict]:
+    """Every superpixel x flow choice of the classical labeler on the development seeds."""
+    clips = synthetic(range(DEVELOPMENT_SEEDS, DEVELOPMENT_SEEDS + count), frames, size)
+    rows = []
+    for superpixels in SUPERPIXELS:
+        for flow in FLOWS:
+            labeler = build_labeler("classical", {"superpixels": superpixels, "flow": flow})
+            rows.append({"superpixels": superpixels, "flow": flow, **score(labeler, clips)})
+    return rows
+
+
+def run(args: argparse.Namespace, command: list[str]) -> dict:
+    size = tuple(args.size)
+    params = json.loads(args.params)
+    labeler = build_labeler(args.labeler, params)
+    clips = synthetic(range(args.first_seed, args.first_seed + args.clips), args.frames, size)
+    quality = score(labeler, clips)
+    result = {
+        "record": run_record(command, torch.device("cpu")),
+        "labeler": labeler.describe(),
+        "clips": {"count": args.clips, "seeds": [args.first_seed, args.first_seed + args.clips - 1]},
+        "frames": args.frames,
+        "size": list(size),
+        "quality": quality,
+        "targets_met": {key: _met(quality, key) for key in TARGETS},
+        "speed": speed(labeler, clips[: args.speed_clips]),
+        "decode_seconds": decode_seconds(clips[: args.speed_clips]),
+        "memory": memory(args.labeler, params, clips[0], args.first_seed),
+        "real_videos": real_videos(labeler, args.picture),
+    }
+    if args.compare:
+        result["compare"] = compare(args.frames, size, args.compare_clips)
+    return result
+
+
+def _met(quality: dict, key: str) -> bool:
+    bound, kind = TARGETS[key]
+    value = quality["max_trajectories"] if key == "num_trajectories" else quality[key]
+    return value >= bound if kind == "min" else value <= bound
+
+
+def markdown(result: dict) -> str:
+    q, t = result["quality"], result["frames"]
+    h, w = result["size"]
+    seeds = result["clips"]["seeds"]
+    lines = [
+        f"Labeler `{result['labeler']['name']}` v{result['labeler']['version']}; "
+        f"{result['clips']['count']} synthetic clips (seeds {seeds[0]}-{seeds[1]}), {t} frames, {h}x{w} px.",
+        "",
+        "| score | mean | target | met |",
+        "|---|---|---|---|",
+    ]
+    for key in SHOWN:
+        target = TARGETS.get(key)
+        value = q["max_trajectories"] if key == "num_trajectories" else q[key]
+        bound = "" if target is None else f"{'>=' if target[1] == 'min' else '<='} {target[0]}"
+        met = "" if target is None else ("yes" if result["targets_met"][key] else "**no**")
+        shown = f"{value:.0f} (max)" if key == "num_trajectories" else f"{value:.3f}"
+        lines.append(f"| {key.replace('_', ' ')} | {shown} | {bound} | {met} |")
+    lines += [
+        f"| VEQ (SQ x RQ) | {q['veq']:.3f} ({q['veq_sq']:.3f} x {q['veq_rq']:.3f}) | | |",
+        f"| STQ (sqrt AQ x SQ) | {q['stq']:.3f} (AQ {q['stq_aq']:.3f}, SQ {q['stq_sq']:.3f}) | | |",
+        f"| mean trajectories per clip | {q['num_trajectories']:.1f} | | |",
+        f"| worst clip's mean best overlap | {q['worst_best_overlap']:.3f} | | |",
+        "",
+    ]
+    s, d, m = result["speed"], result["decode_seconds"], result["memory"]
+    lines += [
+        "| speed and memory | value |",
+        "|---|---|",
+        f"| labelling, clips/s per core (CPU time) | {s['clips_per_s_per_core_cpu']:.2f} |",
+        f"| labelling, clips/s per core (wall time, pinned) | {s['clips_per_s_per_core_wall']:.2f} |",
+        f"| decode one clip from H.264 mp4, s | {d['mp4_clip']:.3f} |",
+        f"| decode 16 frames of vtest.avi and resize to 224, s | {d['vtest_avi_16_frames_224']:.3f} |",
+        f"| peak traced memory per clip, MiB | {m['traced_peak_mib']:.0f} |",
+        f"| peak resident growth per clip, MiB | {m['rss_growth_mib']:.0f} |",
+        "",
+        "| real video (16 frames) | size | trajectories | mean frames present | full-length | CPU s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in result["real_videos"]:
+        lines.append(
+            f"| {row['video']} | {row['size'][0]}x{row['size'][1]} | {row['trajectories']} | "
+            f"{row['mean_frames_present']:.1f} | {row['full_length']} | {row['cpu_seconds']:.2f} |"
+        )
+    if "compare" in result:
+        lines += [
+            "",
+            "| superpixels | flow | purity | best overlap | under-seg. error | duration / T | "
+            "trajectories | VEQ | STQ | CPU s/clip |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in result["compare"]:
+            lines.append(
+                f"| {row['superpixels']} | {row['flow']} | {row['purity']:.3f} | "
+                f"{row['mean_best_overlap']:.3f} | {row['undersegmentation_error']:.3f} | "
+                f"{row['duration_fraction']:.2f} | "
+                f"{row['num_trajectories']:.1f} | {row['veq']:.3f} | {row['stq']:.3f} | "
+                f"{row['cpu_seconds_per_clip']:.2f} |"
+            )
+    record = result["record"]
+    lines += ["", f"`{record['command']}` on {record['device']}, {record['date']}, commit {record['commit']}"]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--labeler", default="classical", help="labeler name (default: %(default)s)")
+    parser.add_argument("--params", default="{}", help="labeler parameters as JSON (default: its defaults)")
+    parser.add_argument("--clips", type=int, default=32, help="synthetic clips scored (default: %(default)s)")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="first held-out seed (default: %(default)s)"
+    )
+    parser.add_argument("--frames", type=int, default=16, help="frames per clip, T (default: %(default)s)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=[224, 288],
+        metavar=("H", "W"),
+        help="clip size (default: 224 288)",
+    )
+    parser.add_argument(
+        "--speed-clips", type=int, default=8, help="clips timed for speed (default: %(default)s)"
+    )
+    parser.add_argument("--picture", type=Path, help="write the real videos' overlays to this PNG")
+    parser.add_argument("--compare", action="store_true", help="also run the superpixel x flow comparison")
+    parser.add_argument("--compare-clips", type=int, default=16, help="development clips per choice")
+    parser.add_argument("--json", type=Path, help="also write the result as JSON here")
+
+
+def main(args: argparse.Namespace, command: list[str]) -> int:
+    result = run(args, command)
+    print(markdown(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args(), [sys.executable, *sys.argv]))
