@@ -32,10 +32,13 @@ def test_warmup_then_cosine_to_min_lr():
 
 def test_deepspeed_config_follows_the_train_group():
     train = TrainConfig(batch_size=4, grad_accum=3, zero_stage=2, precision="bf16", grad_clip=0.5)
-    ds = deepspeed_config(train, world_size=2)
+    ds = deepspeed_config(train, world_size=2, num_params=40_000_000)
     assert ds["train_batch_size"] == 24 and ds["train_micro_batch_size_per_gpu"] == 4
     assert ds["gradient_accumulation_steps"] == 3 and ds["gradient_clipping"] == 0.5
-    assert ds["zero_optimization"] == {"stage": 2}
+    assert ds["zero_optimization"]["stage"] == 2
+    assert ds["zero_optimization"]["reduce_bucket_size"] == 10_000_000  # a quarter of the model
+    assert deepspeed_config(train, 2, 500_000)["zero_optimization"]["reduce_bucket_size"] == 2**20
+    assert deepspeed_config(train, 2, 10**11)["zero_optimization"]["reduce_bucket_size"] == 5 * 10**8
     assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
 
 
