@@ -39,7 +39,9 @@ class Requirements:
 
     device: str  # "cpu", or "gpu" for a labeler that wants one (it falls back to the CPU, slowly)
     batch_size: int  # clips per `label_batch` call that use the device well
-    memory_gb: float  # peak host memory per worker, measured on 16 frames at 224 px
+    memory_gb: (
+        float  # peak host memory of a worker (classical: measured, 16 frames at 224 px; sam2: estimated)
+    )
 
 
 @dataclass(frozen=True)

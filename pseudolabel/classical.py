@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 from skimage.filters import sobel
 from skimage.segmentation import felzenszwalb, slic, watershed
 
-from pseudolabel.base import Labeler, Requirements
+from pseudolabel.base import DEFAULT_MAX_TRAJECTORIES, Labeler, Requirements
 from trajtok.data.labels import LABEL_DTYPE, relabel, resize_labels, short_side_size
+from trajtok.errors import ConfigError
 
 SUPERPIXELS = ("felzenszwalb", "slic", "watershed")
 FLOWS = ("dis", "farneback")
@@ -52,7 +54,9 @@ class ClassicalLabeler(Labeler):
     version = "1"
     Params = ClassicalParams
 
-    def __init__(self, params=None, max_trajectories: int = 128):
+    def __init__(
+        self, params: dict[str, Any] | None = None, max_trajectories: int = DEFAULT_MAX_TRAJECTORIES
+    ):
         super().__init__(params, max_trajectories)
         p = self.params
         if p.superpixels not in SUPERPIXELS:
@@ -78,9 +82,7 @@ class ClassicalLabeler(Labeler):
         return relabel(resize_labels(labels.astype(LABEL_DTYPE), (h, w)))
 
 
-def _param_error(key: str, value, allowed) -> Exception:
-    from trajtok.errors import ConfigError
-
+def _param_error(key: str, value: Any, allowed: tuple[str, ...] | str) -> ConfigError:
     choices = ", ".join(allowed) if isinstance(allowed, tuple) else allowed
     return ConfigError(f"pseudolabel.params.{key}: got {value!r}, expected {choices} (labeler 'classical')")
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
-from pseudolabel.base import Labeler, Requirements, keep_largest
+from pseudolabel.base import DEFAULT_MAX_TRAJECTORIES, Labeler, Requirements, keep_largest
 from trajtok.data.labels import LABEL_DTYPE, relabel
 from trajtok.errors import ConfigError
 
@@ -47,7 +48,9 @@ class Sam2Labeler(Labeler):
     version = "1"
     Params = Sam2Params
 
-    def __init__(self, params=None, max_trajectories: int = 128):
+    def __init__(
+        self, params: dict[str, Any] | None = None, max_trajectories: int = DEFAULT_MAX_TRAJECTORIES
+    ):
         super().__init__(params, max_trajectories)
         p = self.params
         if not p.random_weights and not p.checkpoint:
