@@ -17,8 +17,13 @@ For each clip length T and each model, in one run (ratios are only meaningful wi
 On a GPU the batch is the largest power of two whose training step fits ("fills the device"); models are
 timed one after the other, repeated in rounds, and each number is the median of its rounds.
 
+`--flops-only` times nothing: it builds each model on the meta device and counts its forward FLOPs per part
+(tubelets or backbone, segmenter, trajectory encoder, transformer) at any size in seconds, on any machine:
+the ratios a GPU could at best show when every part ran at the same efficiency.
+
     .venv/bin/trajtok bench model --size base --frames 8 16 32 64            # one H100: see BENCHMARKS.md
     .venv/bin/trajtok bench model --size small --px 112 --frames 8 16 --batch 2   # CPU
+    .venv/bin/trajtok bench model --flops-only --size base --frames 8 16 32 64
 """
 
 from __future__ import annotations
@@ -57,6 +62,15 @@ MODELS = {  # label -> (registry name, model overrides); "vit3d+tome" gets its r
     "trajvit2-dense": ("trajvit2", {"packed": False}),
 }
 LABEL_BLOCKS = 8  # label maps: an 8 x 8 grid of trajectories that stay put (a speed proxy, not a scene)
+PARTS = {  # flop-counter module names -> the parts of the forward that BENCHMARKS.md reports
+    "TubeletTokenizer": "tubelets",
+    "TrajectoryTokenizer.segmenter.backbone": "backbone",
+    "TrajectoryTokenizer.segmenter.head": "segmenter",
+    "TrajectoryTokenizer.encoder": "trajectory encoder",
+    "TrajectoryTokenizer.project": "trajectory encoder",
+    "Transformer": "transformer",
+    "ToMeTransformer": "transformer",
+}
 
 
 @dataclass
@@ -135,7 +149,6 @@ class Workload:
         self.autocast = lambda: torch.autocast(
             device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16"
         )
-        self.token_counts: list[torch.Tensor] = []
 
     @property
     def clips(self) -> int:
@@ -150,7 +163,6 @@ class Workload:
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.token_counts.append(out.num_tokens.detach())
 
     def forward(self, counting: bool = False) -> None:
         """The video tower in eval mode; `counting`: with autograd on, which torch's flop counter needs."""
@@ -203,8 +215,16 @@ class Workload:
         return counter.get_total_flops() / self.clips
 
     def mean_tokens(self) -> float:
-        counts = torch.cat(self.token_counts).float()
-        return float(counts.mean())
+        """TrajViT2's valid tokens per clip in training, averaged over the n it draws from."""
+        encoder = self.model.tokenizer.encoder
+        choices = encoder.train_tokens_per_trajectory
+        counts = []
+        with torch.no_grad(), self.autocast():
+            for n in choices:
+                encoder.train_tokens_per_trajectory = (n,)
+                counts.append(self.model.tokenizer(self.batch["frames"]).mask.sum(-1).float().mean())
+        encoder.train_tokens_per_trajectory = choices
+        return float(torch.stack(counts).mean())
 
 
 def saved_activation_bytes(work: Callable[[], None], model: torch.nn.Module) -> int:
@@ -375,6 +395,75 @@ def run(settings: Settings, device: torch.device, command: list[str]) -> dict:
     return {"record": run_record(command, device), "settings": asdict(settings), "rows": rows}
 
 
+def forward_flops_by_part(settings: Settings, label: str, frames: int, tome_r: int = 0) -> dict[str, float]:
+    """Forward GFLOPs of one clip through the video tower, per part, counted on the meta device."""
+    model_cfg = replace(settings.model_config(label), compile=False, channels_last=False, tome_r=tome_r)
+    with torch.device("meta"):
+        model = build_model(model_cfg, ClipConfig(frames=frames, size=settings.px)).eval()
+        clip = torch.zeros(1, frames, 3, settings.px, settings.px)
+        with flop_counter() as counter:
+            model.encode_video(clip)
+    by_part = {"total": counter.get_total_flops() / 1e9}
+    for module, per_op in counter.get_flop_counts().items():
+        if module in PARTS:
+            by_part[PARTS[module]] = by_part.get(PARTS[module], 0.0) + sum(per_op.values()) / 1e9
+    return by_part
+
+
+def run_flops(settings: Settings, command: list[str]) -> dict:
+    """Forward GFLOPs per part and tokens of every model at every clip length; ToMe at trajvit2's K*n."""
+    size = resolve_size(settings.size)
+    budget = size.num_queries * ModelConfig().eval_tokens_per_trajectory
+    rows = []
+    for frames in settings.frames:
+        tubelets = vit3d_tokens(frames, settings.px)
+        r = r_for_budget(tubelets, depth(settings), budget)
+        tokens = {
+            "vit3d": tubelets,
+            "vit3d+tome": sum(tokens_per_block(tubelets, depth(settings), r)) / depth(settings),
+        }
+        by_label = {}
+        for label in settings.models:
+            by_label[label] = {
+                "model": label,
+                "frames": frames,
+                "tome_r": r if label == "vit3d+tome" else 0,
+                "tokens_per_clip": tokens.get(label, budget),
+                "forward_gflops": forward_flops_by_part(
+                    settings, label, frames, r if label == "vit3d+tome" else 0
+                ),
+            }
+        reference = by_label.get("vit3d")
+        for row in by_label.values():
+            if reference is not None:
+                row["vs_vit3d"] = row["forward_gflops"]["total"] / reference["forward_gflops"]["total"]
+            rows.append(row)
+    return {
+        "record": run_record(command, torch.device("meta")),
+        "settings": asdict(settings),
+        "flops_rows": rows,
+    }
+
+
+def flops_markdown(result: dict) -> str:
+    parts = ["tubelets", "backbone", "segmenter", "trajectory encoder", "transformer"]
+    head = ["T", "model", "tokens/clip", "forward GFLOPs/clip", "x vit3d", *parts]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in result["flops_rows"]:
+        name = row["model"] + (f" (r={row['tome_r']})" if row["tome_r"] else "")
+        gflops = row["forward_gflops"]
+        shares = [f"{gflops[p]:.1f}" if p in gflops else "" for p in parts]
+        cells = [row["frames"], name, f"{row['tokens_per_clip']:.0f}", f"{gflops['total']:.1f}"]
+        cells += [f"{row.get('vs_vit3d', 1):.2f}", *shares]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    record = result["record"]
+    lines += [
+        "",
+        f"`{record['command']}`, {record['date']}, commit {record['commit']} (meta device: no compute)",
+    ]
+    return "\n".join(lines)
+
+
 def markdown(result: dict) -> str:
     """The result table as BENCHMARKS.md shows it."""
     on_gpu = result["rows"] and result["rows"][0].get("mfu") is not None
@@ -423,6 +512,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="trajvit2's n, drawn per training step from these",
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
+    parser.add_argument(
+        "--flops-only",
+        action="store_true",
+        help="count forward FLOPs per part on the meta device, time nothing",
+    )
     parser.add_argument("--json", type=Path, help="also write the result as JSON here")
 
 
@@ -451,8 +545,12 @@ def main(args: argparse.Namespace, command: list[str]) -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    result = run(settings_from_args(args), device, command)
-    print(markdown(result))
+    if args.flops_only:
+        result = run_flops(settings_from_args(args), command)
+        print(flops_markdown(result))
+    else:
+        result = run(settings_from_args(args), device, command)
+        print(markdown(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -72,3 +72,26 @@ def test_bench_help_lists_the_benchmarks(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["bench", "model", "--help"])
     assert "--frames" in capsys.readouterr().out
+
+
+def test_bench_model_flops_only_counts_parts_on_the_meta_device(tmp_path) -> None:
+    out = tmp_path / "flops.json"
+    args = "--flops-only --size tiny --px 64 --frames 8 --models vit3d trajvit2 vit3d+tome"
+    assert main(["bench", "model", *args.split(), "--json", str(out)]) == 0
+    rows = {row["model"]: row for row in json.loads(out.read_text())["flops_rows"]}
+    vit3d, traj, tome = rows["vit3d"], rows["trajvit2"], rows["vit3d+tome"]
+    assert vit3d["tokens_per_clip"] == 4 * 4 * 4 and traj["tokens_per_clip"] == 16  # K x n = 16 x 1
+    parts = traj["forward_gflops"]
+    assert {"backbone", "segmenter", "trajectory encoder", "transformer"} <= parts.keys()
+    assert sum(v for k, v in parts.items() if k != "total") <= parts["total"]
+    assert tome["tome_r"] > 0 and tome["forward_gflops"]["total"] < vit3d["forward_gflops"]["total"]
+    assert traj["vs_vit3d"] == pytest.approx(parts["total"] / vit3d["forward_gflops"]["total"])
+
+
+def test_bench_label_through_the_cli(tmp_path) -> None:
+    out = tmp_path / "label.json"
+    args = "--clips 1 --frames 4 --size 32 48 --speed-clips 1"
+    assert main(["bench", "label", *args.split(), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["record"]["command"].startswith("trajtok bench label")
+    assert result["speed"]["clips_per_s_per_core_cpu"] > 0
