@@ -4,9 +4,10 @@ Stored clips are what `trajtok shard` writes: T-frame windows of the real sample
 (pedestrians, 10 fps), resized to `--short-side`, in shard samples (H.264 mp4 + label map + json).
 1. decode: each backend (decord, PyAV) decodes every frame of every stored clip from its mp4 bytes, the
    way the loader does (`open_video` on the bytes), with this process pinned to one core: clips/s per core.
-2. loader: `build_loader` (the training loader, random resized crop to `--size`, flips, colour jitter,
-   grey, blur, label maps carried along) in this process pinned to one core, which is what one loader
-   worker does: clips/s per worker. Then the real DataLoader with 1..`--workers` worker processes.
+2. loader (timed by `bench_loader`'s functions, on these shards): the training loader (random resized crop
+   to `--size`, flips, colour jitter, grey, blur, label maps carried along) in this process pinned to one
+   core, which is what one loader worker does: clips/s per worker, and its milliseconds per clip decoding
+   and augmenting. Then the real DataLoader with 1..`--workers` worker processes.
 3. workers per GPU: a training step that consumes R clips/s waits for data less than 5% of the time
    once the loader delivers at least 0.95 R, i.e. ceil(0.95 R / per-worker rate) workers. R comes from
    `--step-rate`, or from every row of a `trajtok bench model --json` result (`--model-json`).
@@ -34,10 +35,9 @@ import webdataset as wds
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_loader import clip_parts, clips_per_second, loader_config  # noqa: E402
 from common import REPO_ROOT, run_record  # noqa: E402
 
-from trajtok.config import load_config  # noqa: E402
-from trajtok.data.loader import build_loader  # noqa: E402
 from trajtok.data.sample import build_sample  # noqa: E402
 from trajtok.data.video import load_clip, open_video  # noqa: E402
 
@@ -123,26 +123,8 @@ def write_shards(samples: list[dict], folder: Path, per_shard: int = 4) -> str:
 
 def loader_rate(pattern: str, args: argparse.Namespace, workers: int) -> float:
     """Clips/s of the training loader with `workers` processes (0: in this process), after its first batch."""
-    cfg = load_config(
-        None,
-        [
-            f"data.shards={pattern}",
-            f"data.num_workers={workers}",
-            f"data.samples_per_epoch={10**6}",
-            f"train.batch_size={args.batch}",
-            f"clip.frames={args.frames}",
-            f"clip.size={args.size}",
-        ],
-    )
-    loader, _ = build_loader(cfg, rank=0, world_size=1)
-    batches = iter(loader)
-    next(batches)  # worker start-up and the first shard opens are not throughput
-    start = time.perf_counter()
-    for _ in range(args.batches):
-        next(batches)
-    rate = args.batches * args.batch / (time.perf_counter() - start)
-    del batches, loader
-    return rate
+    sizes = [f"clip.frames={args.frames}", f"clip.size={args.size}", f"train.batch_size={args.batch}"]
+    return clips_per_second(loader_config(pattern, workers, *sizes), args.batches)
 
 
 def workers_needed(step_rate: float, per_worker: float) -> int:
@@ -168,6 +150,7 @@ def run(args: argparse.Namespace, command: list[str]) -> dict:
         pattern = write_shards(samples, Path(folder))
         with one_core():
             per_worker = loader_rate(pattern, args, workers=0)
+            parts = clip_parts(pattern, len(samples))
         loaders = {workers: loader_rate(pattern, args, workers) for workers in range(1, args.workers + 1)}
     sizing = [
         {**rate, "workers_for_5pct_wait": workers_needed(rate["train_clips_per_s"], per_worker)}
@@ -183,6 +166,7 @@ def run(args: argparse.Namespace, command: list[str]) -> dict:
         },
         "decode_clips_per_s_per_core": decode,
         "loader_clips_per_s_per_worker": per_worker,
+        "loader_ms_per_clip": parts,
         "loader_clips_per_s": {str(w): rate for w, rate in loaders.items()},
         "workers_per_gpu": sizing,
     }
@@ -201,6 +185,10 @@ def markdown(result: dict) -> str:
         lines.append(f"| decode, {backend}, per core | {rate:.1f} |")
     lines.append(
         f"| loader with augmentation, per worker (1 core) | {result['loader_clips_per_s_per_worker']:.1f} |"
+    )
+    parts = result["loader_ms_per_clip"]
+    lines.append(
+        f"| (per clip: decode {parts['decode_ms']:.0f} ms, augment {parts['augment_ms']:.0f} ms) | |"
     )
     for workers, rate in result["loader_clips_per_s"].items():
         lines.append(f"| loader, {workers} worker process(es) | {rate:.1f} |")
