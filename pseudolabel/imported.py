@@ -3,7 +3,8 @@
 The sidecars sit beside the video (see `trajtok.data.trajvit_format`). They either hold exactly the clip's
 frames, or frames spread evenly over the whole video (every frame of it, or an even sample); in the second
 case the clip's timestamps say which sidecar frame each clip frame is. Maps stored at another resolution are
-resized to the frames (nearest), except a map stored transposed, which is refused.
+resized to the frames (nearest), except a map stored transposed, which is refused. Sidecars are read from
+the local file system (a video given as a remote URI has none beside it that can be found).
 """
 
 from __future__ import annotations
