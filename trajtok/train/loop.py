@@ -75,6 +75,10 @@ def main(cfg: JobConfig) -> int:
         saved = load_checkpoint(engine, checkpoint, state.model_digest)
         state.step, state.batches, state.epoch = saved.step, saved.batches, saved.epoch
         log.info("resumed from %s at step %d", checkpoint, state.step)
+        if saved.config_digest != state.config_digest:
+            log.warning(
+                "the config differs from the one %s was saved with (see its run's config.yaml)", checkpoint
+            )
     tracker = start_tracker(cfg, rank)  # a requeued job finds its MLflow run id in the run directory
     state.mlflow_run_id = tracker.run_id or ""
     tracker.log_dataset(expand_shards(cfg.data.shards), "train-shards")
