@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,9 @@ class TrajectoryGroups:
         q = torch.cat([q, q.new_zeros(batch, 1, n, heads, head_dim)], dim=1)
         k = keys.view(batch, -1, 1, heads, head_dim)
         v = values.view(batch, -1, 1, heads, head_dim)
-        # (B, N, n, heads): each pixel against its own trajectory's tokens; softmax and sums in fp32 (as SDPA)
-        scores = (q[rows, owner] * k).sum(-1, dtype=torch.float32) * head_dim**-0.5
+        # (B, N, n, heads): each pixel against its own trajectory's tokens; softmax, sums in fp32 (as SDPA).
+        # Recomputed in backward: the gathered queries (B, N, n, D) would be the largest tensor kept.
+        scores = checkpoint(_own_scores, q, k, rows, owner, use_reentrant=False) * head_dim**-0.5
 
         groups = owner[:, :, None, None].expand_as(scores)
         shape = (batch, trajectories + 1, n, heads)
@@ -64,3 +66,8 @@ class TrajectoryGroups:
         batch, num_latents, dim = latents.shape
         grouped = latents.reshape(-1, self.per_trajectory, dim)
         return attention(grouped).reshape(batch, num_latents, dim)
+
+
+def _own_scores(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """Each pixel's key against the queries of its own trajectory: (B, N, n, heads), in fp32."""
+    return (q[rows, owner] * k).sum(-1, dtype=torch.float32)
