@@ -68,6 +68,8 @@ def entries(tmp_path, monkeypatch) -> str:
         def rank1_dies(cfg):
             Path(cfg.run_dir, f"pid{os.environ['RANK']}").write_text(str(os.getpid()))
             if os.environ["RANK"] == "1":
+                while not Path(cfg.run_dir, "pid0").exists():  # rank 0 must be up before its peer dies
+                    time.sleep(0.05)
                 raise SystemExit(3)
             time.sleep(600)  # rank 0 would wait forever, as in a collective with a dead peer
 
