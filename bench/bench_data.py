@@ -70,13 +70,13 @@ def resize_short_side(frames: np.ndarray, short_side: int) -> np.ndarray:
     return np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in frames])
 
 
-def stored_samples(clips: int, frames: int, short_side: int) -> list[dict]:
+def stored_samples(clips: int, frames: int, short_side: int, video: Path = VIDEO) -> list[dict]:
     """Shard samples of `clips` windows of the sample video, labelled with a block grid of trajectories."""
     step = (VIDEO_SECONDS - WINDOW_SECONDS) / max(1, clips - 1)
     samples = []
     for index in tqdm(range(clips), desc="stored clips", leave=False):
         start = index * step
-        pixels, times, info = load_clip(VIDEO, frames, "middle", start, start + WINDOW_SECONDS)
+        pixels, times, info = load_clip(video, frames, "middle", start, start + WINDOW_SECONDS)
         pixels = resize_short_side(pixels, short_side)
         height, width = pixels.shape[1:3]
         rows = np.arange(height)[:, None] * 8 // height
@@ -86,7 +86,7 @@ def stored_samples(clips: int, frames: int, short_side: int) -> list[dict]:
             build_sample(
                 pixels,
                 np.ascontiguousarray(labels),
-                source=f"{VIDEO.name}#{index}",
+                source=f"{video.name}#{index}",
                 clip_index=index,
                 clip_start=start,
                 clip_end=start + WINDOW_SECONDS,
@@ -144,7 +144,7 @@ def step_rates(args: argparse.Namespace) -> list[dict]:
 
 
 def run(args: argparse.Namespace, command: list[str]) -> dict:
-    samples = stored_samples(args.clips, args.frames, args.short_side)
+    samples = stored_samples(args.clips, args.frames, args.short_side, args.video)
     decode = {backend: decode_rate(samples, backend, args.repeats) for backend in BACKENDS}
     with tempfile.TemporaryDirectory(prefix="bench-data-") as folder:
         pattern = write_shards(samples, Path(folder))
@@ -206,6 +206,7 @@ def markdown(result: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clips", type=int, default=16, help="stored clips (windows of vtest.avi)")
+    parser.add_argument("--video", type=Path, default=VIDEO, help="the sample video vtest.avi (where it is)")
     parser.add_argument("--frames", type=int, default=16, help="frames per clip (T)")
     parser.add_argument("--short-side", type=int, default=256, help="stored frames' short side")
     parser.add_argument("--size", type=int, default=224, help="loader output (random resized crop) side")
