@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loader import clip_parts, clips_per_second, loader_config  # noqa: E402
-from common import REPO_ROOT, run_record  # noqa: E402
+from common import REPO_ROOT, run_record, script_main, write_json  # noqa: E402
 
 from trajtok.data.sample import build_sample  # noqa: E402
 from trajtok.data.video import load_clip, open_video  # noqa: E402
@@ -222,13 +222,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace, command: list[str]) -> int:
     result = run(args, command)
     print(markdown(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.json)
     return 0
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    sys.exit(main(parser.parse_args(), [sys.executable, *sys.argv]))
+    script_main(__doc__, add_arguments, main)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, run_record  # noqa: E402
+from common import REPO_ROOT, run_record, write_json  # noqa: E402
 
 from trajtok.config import JobConfig, load_config  # noqa: E402
 from trajtok.data.augment import AugmentParams, augment_clip  # noqa: E402
@@ -168,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             "train_trajvit2_small": data_wait(shards, work, args.train_steps),
         }
     print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.json)
     return 0
 
 

@@ -29,7 +29,6 @@ the ratios a GPU could at best show when every part ran at the same efficiency.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -42,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import run_record  # noqa: E402
+from common import run_record, script_main, write_json  # noqa: E402
 
 from trajtok.config import ClipConfig, LossConfig, ModelConfig  # noqa: E402
 from trajtok.losses import EarlyMatching, segmentation_loss, total_loss  # noqa: E402
@@ -551,13 +550,9 @@ def main(args: argparse.Namespace, command: list[str]) -> int:
     else:
         result = run(settings_from_args(args), device, command)
         print(markdown(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.json)
     return 0
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    sys.exit(main(parser.parse_args(), [sys.executable, *sys.argv]))
+    script_main(__doc__, add_arguments, main)

@@ -39,11 +39,11 @@ from pipeline.clips import read_clips
 from pipeline.job import row_fingerprint, run_shard_job
 from pipeline.outputs import STATS_SUFFIX
 from pipeline.plan import plan_shards
+from pipeline.worker import clip_sample
 from pseudolabel.base import labeler_from_config
 from trajtok.config import JobConfig, load_config
 from trajtok.data.labels import resize_frames
 from trajtok.data.manifest import read_manifest
-from trajtok.data.sample import build_sample
 from trajtok.data.video import open_video
 
 VTEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "vtest.avi"
@@ -96,25 +96,13 @@ def single_process(cfg: JobConfig) -> dict[str, float]:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     labeler = labeler_from_config(cfg.pseudolabel) if cfg.pipeline.label else None
+    labeler_info = labeler.describe() if labeler else None
     rows = read_manifest(cfg.data.manifest).rows
     wall, cpu, clips = time.perf_counter(), time.process_time(), 0
     for row in rows:
         for clip in read_clips(row.path, row.start, row.end, cfg.clip, cfg.pipeline.decode_timeout):
             labels = labeler.label(clip.frames, clip.timestamps).labels if labeler else None
-            build_sample(
-                clip.frames,
-                labels,
-                source=row.path,
-                clip_index=clip.index,
-                clip_start=clip.start,
-                clip_end=clip.end,
-                timestamps=clip.timestamps,
-                captions=row.captions,
-                source_fps=clip.info.fps,
-                source_width=clip.info.width,
-                source_height=clip.info.height,
-                labeler=labeler.describe() if labeler else None,
-            )
+            clip_sample(clip, row, labels, labeler_info, cfg.pipeline.frame_format)
             clips += 1
     return {
         "clips_per_s": round(clips / (time.perf_counter() - wall), 3),

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 import warnings
@@ -32,7 +31,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import run_record  # noqa: E402
+from common import run_record, write_json  # noqa: E402
 
 from trajtok.config import TrainConfig  # noqa: E402
 from trajtok.distributed import free_port  # noqa: E402
@@ -154,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "world_size": WORLD,
         "rows": rows,
     }
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.json)
     return 0
 
 

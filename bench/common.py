@@ -6,12 +6,15 @@ each bench writes this record beside its numbers, and BENCHMARKS.md quotes it.
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import json
 import os
 import platform
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -69,3 +72,22 @@ def invoked_command(argv: list[str] | None, script: str) -> list[str]:
     if argv is None:
         return [sys.executable, script, *sys.argv[1:]]
     return list(argv)
+
+
+def write_json(result: dict, path: Path | None) -> None:
+    """Write a bench result where `--json` asked for it (nothing when it did not), creating its folder."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def script_main(
+    doc: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    main: Callable[[argparse.Namespace, list[str]], int],
+) -> None:
+    """Run a bench module as a script: the same arguments and command record as `trajtok bench`."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args(), [sys.executable, *sys.argv]))

@@ -18,6 +18,7 @@ from itertools import islice
 from typing import Any
 
 import cv2
+import numpy as np
 import ray
 import torch
 from webdataset import TarWriter
@@ -113,25 +114,37 @@ class ShardWorker:
             if self.labeler is not None:
                 results = self.labeler.label_batch([(c.frames, c.timestamps, row.path) for c in batch])
             for clip, result in zip(batch, results):
-                sample = build_sample(
-                    clip.frames,
-                    None if result is None else result.labels,
-                    source=row.path,
-                    clip_index=clip.index,
-                    clip_start=clip.start,
-                    clip_end=clip.end,
-                    timestamps=clip.timestamps,
-                    captions=row.captions,
-                    source_fps=clip.info.fps if clip.info.fps > 0 else None,
-                    source_width=clip.info.width,
-                    source_height=clip.info.height,
-                    labeler=self.labeler_info,
-                    frame_format=cfg.pipeline.frame_format,
-                    extra=_extra(row),
-                )
+                labels = None if result is None else result.labels
+                sample = clip_sample(clip, row, labels, self.labeler_info, cfg.pipeline.frame_format)
                 status = self._status
                 self._status = WorkerStatus(status.shard, row.line, status.clips + 1, status.rows_done)
                 yield sample, clip, 0 if result is None else result.num_trajectories
+
+
+def clip_sample(
+    clip: Clip,
+    row: ManifestRow,
+    labels: np.ndarray | None,
+    labeler_info: dict[str, Any] | None,
+    frame_format: str,
+) -> dict[str, Any]:
+    """The shard sample of one clip of a row (what the worker writes; `bench pipeline` times the same)."""
+    return build_sample(
+        clip.frames,
+        labels,
+        source=row.path,
+        clip_index=clip.index,
+        clip_start=clip.start,
+        clip_end=clip.end,
+        timestamps=clip.timestamps,
+        captions=row.captions,
+        source_fps=clip.info.fps if clip.info.fps > 0 else None,
+        source_width=clip.info.width,
+        source_height=clip.info.height,
+        labeler=labeler_info,
+        frame_format=frame_format,
+        extra=_extra(row),
+    )
 
 
 def _batches(clips: Iterator[Clip], size: int) -> Iterator[list[Clip]]:
