@@ -7,10 +7,13 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,6 +141,46 @@ def slurm_cluster() -> Iterator[Path]:
             os.environ.pop("SLURM_CONF", None)
         else:
             os.environ["SLURM_CONF"] = previous
+
+
+@pytest.fixture(scope="session")
+def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`run_cli(*args, timeout=300)`: the `trajtok` CLI in a fresh process, as users run it."""
+
+    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "launch.cli", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+    return run
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """Waits for a background job (a file it writes, its end) for at most `timeout_s`, then fails the test."""
+
+    timeout_s: float
+
+    def wait_for(self, predicate: Callable[[], bool], what: str) -> None:
+        end = time.monotonic() + self.timeout_s
+        while not predicate():
+            if time.monotonic() > end:
+                pytest.fail(f"timed out after {self.timeout_s:.0f} s waiting for {what}")
+            time.sleep(0.5)
+
+    def results(self, job: Any) -> list:
+        """Every task's return value of a submitit job; the job is cancelled if it does not finish in time."""
+        try:
+            self.wait_for(job.done, f"SLURM job {job.job_id}")
+        except BaseException:
+            job.cancel(check=False)
+            raise
+        return job.results()
+
+
+@pytest.fixture(scope="session")
+def deadline() -> type[Deadline]:
+    """`deadline(seconds)`: a `Deadline` for the SLURM tests' jobs."""
+    return Deadline
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -21,24 +20,6 @@ from launch.slurm import submit
 from trajtok.config import load_config
 
 JOB_TIMEOUT_S = 240
-
-
-def _wait_for(predicate, what: str, timeout: float = JOB_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
-
-
-def _results(job: submitit.Job) -> list:
-    """Every task's return value; the job is cancelled if it does not finish in time."""
-    try:
-        _wait_for(job.done, f"SLURM job {job.job_id}")
-    except BaseException:
-        job.cancel(check=False)
-        raise
-    return job.results()
 
 
 def _sbatch_lines(capsys: pytest.CaptureFixture, *overrides: str) -> set[str]:
@@ -90,7 +71,7 @@ def _config(tmp_path: Path, *overrides: str):
 
 @pytest.mark.slurm
 @pytest.mark.timeout(JOB_TIMEOUT_S + 60)
-def test_two_task_smoke_job_all_reduces_across_tasks(slurm_cluster, tmp_path, capsys, monkeypatch):
+def test_two_task_smoke_job_all_reduces_across_tasks(slurm_cluster, deadline, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the job's working directory
     run_dir = tmp_path / "runs"
     overrides = ["smoke", f"run_dir={run_dir}", "launch.backend=slurm", "launch.nproc=2", "launch.time=5",
@@ -100,7 +81,7 @@ def test_two_task_smoke_job_all_reduces_across_tasks(slurm_cluster, tmp_path, ca
     job_id = re.search(r"submitted job (\d+)", out).group(1)
     log = Path(re.search(r"log: (\S+)", out).group(1))
     job = submitit.SlurmJob(folder=run_dir / "submitit", job_id=job_id, tasks=(0, 1))
-    results = _results(job)
+    results = deadline(JOB_TIMEOUT_S).results(job)
     assert [r["rank"] for r in results] == [0, 1]
     assert all(r["world_size"] == 2 and r["all_reduce"] == 3.0 and r["ok"] for r in results)
     assert results[0]["mlflow_run_id"] == results[1]["mlflow_run_id"] is not None
@@ -112,7 +93,9 @@ def test_two_task_smoke_job_all_reduces_across_tasks(slurm_cluster, tmp_path, ca
 
 @pytest.mark.slurm
 @pytest.mark.timeout(JOB_TIMEOUT_S + 60)
-def test_preempted_job_is_requeued_and_resumes_its_state_and_mlflow_run(slurm_cluster, tmp_path, monkeypatch):
+def test_preempted_job_is_requeued_and_resumes_its_state_and_mlflow_run(
+    slurm_cluster, deadline, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     # A 60-minute limit makes submitit read the signal as a preemption; the first attempt holds 10 minutes.
     hold = ["launch.time=60", "launch.smoke_hold_s=600"]
@@ -120,11 +103,11 @@ def test_preempted_job_is_requeued_and_resumes_its_state_and_mlflow_run(slurm_cl
     job = submit("trajtok.distributed:smoke", cfg)
     job_dir = tmp_path / "runs" / job.job_id
     attempts = job_dir / "smoke_attempts.json"
-    _wait_for(attempts.is_file, "the first attempt's saved state")
+    deadline(JOB_TIMEOUT_S).wait_for(attempts.is_file, "the first attempt's saved state")
     first_run_id = (job_dir / "mlflow_run_id").read_text().strip()
     subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)  # what SLURM sends before preempting
 
-    results = _results(job)
+    results = deadline(JOB_TIMEOUT_S).results(job)
     assert [(r["rank"], r["attempt"], r["all_reduce"]) for r in results] == [(0, 2, 3.0), (1, 2, 3.0)]
     assert {r["mlflow_run_id"] for r in results} == {first_run_id}
     assert [a["job_id"] for a in json.loads(attempts.read_text())] == [job.job_id, job.job_id]
@@ -136,11 +119,11 @@ def test_preempted_job_is_requeued_and_resumes_its_state_and_mlflow_run(slurm_cl
 
 @pytest.mark.slurm
 @pytest.mark.timeout(JOB_TIMEOUT_S + 60)
-def test_ray_cluster_inside_a_slurm_job(slurm_cluster, tmp_path, monkeypatch):
+def test_ray_cluster_inside_a_slurm_job(slurm_cluster, deadline, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = _config(tmp_path, "launch.cpus_per_task=2", "launch.time=10")
     job = submit("launch.ray_cluster:smoke", cfg, ray=True)
-    (result,) = _results(job)
+    (result,) = deadline(JOB_TIMEOUT_S).results(job)
     assert result["nodes"] == 1 and result["cpus"] == 2
     assert result["address"].endswith(f":{20000 + int(job.job_id) % 20000}")
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -101,26 +99,12 @@ def test_resume_finds_the_newest_complete_checkpoint(tmp_path: Path):
         resolve_resume(str(tmp_path / "checkpoints" / "step-00000012"), tmp_path)
 
 
-def test_train_command_refuses_bad_settings_in_one_line(tmp_path: Path):
+def test_train_command_refuses_bad_settings_in_one_line(tmp_path: Path, run_cli):
     for override, key in (
         ("launch.backend=slurm", "launch.backend"),
         ("model.name=trajadapter", "model.name"),
     ):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "launch.cli",
-                "train",
-                str(CONFIG),
-                override,
-                f"run_dir={tmp_path}",
-                "tracking.enabled=false",
-                "launch.nproc=1",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        settings = [override, f"run_dir={tmp_path}", "tracking.enabled=false", "launch.nproc=1"]
+        proc = run_cli("train", str(CONFIG), *settings)
         assert proc.returncode != 0
         assert key in proc.stderr + proc.stdout and "Traceback" not in proc.stderr, proc.stderr

@@ -257,25 +257,10 @@ def test_other_models_train_in_one_process(name: str, synthetic_shards, tmp_path
     "0.19.8 finds tensors only in tuples, lists and dicts; our modules return dataclasses (Segmentation, "
     "VideoTokens, ModelOutput), so the backward meets partitioned parameters",
 )
-def test_zero3_trains(synthetic_shards, tmp_path: Path):
+def test_zero3_trains(synthetic_shards, tmp_path: Path, run_cli):
     overrides = _overrides(synthetic_shards.pattern, tmp_path / "zero3", tmp_path / "unused.db")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "launch.cli",
-            "train",
-            str(CONFIG),
-            *overrides,
-            "train.zero_stage=3",
-            "tracking.enabled=false",
-            "train.steps=2",
-            "launch.nproc=1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    zero3 = ["train.zero_stage=3", "tracking.enabled=false", "train.steps=2", "launch.nproc=1"]
+    proc = run_cli("train", str(CONFIG), *overrides, *zero3)
     known_defect = "must match the size of tensor" in proc.stdout
     assert not known_defect, "backward met a partitioned parameter"
     if proc.returncode != 0:  # any other failure is a real one, not the known defect

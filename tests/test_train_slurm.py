@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -22,24 +21,6 @@ from trajtok.train.checkpoint import WEIGHTS_FILE, complete_checkpoints
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny-cpu.yaml"
 JOB_TIMEOUT_S = 300
-
-
-def _wait_for(predicate, what: str, timeout: float = JOB_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
-
-
-def _finish(job: submitit.Job) -> list:
-    """Every task's return value; the job is cancelled if it does not finish in time."""
-    try:
-        _wait_for(job.done, f"SLURM job {job.job_id}")
-    except BaseException:
-        job.cancel(check=False)
-        raise
-    return job.results()
 
 
 def _overrides(shards: str, tmp_path: Path, steps: int) -> list[str]:
@@ -68,13 +49,15 @@ def _losses(tmp_path: Path, job_dir: Path) -> dict[int, float]:
 
 @pytest.mark.slurm
 @pytest.mark.timeout(JOB_TIMEOUT_S + 60)
-def test_two_task_job_trains_and_checkpoints(slurm_cluster, synthetic_shards, tmp_path, capsys, monkeypatch):
+def test_two_task_job_trains_and_checkpoints(
+    slurm_cluster, deadline, synthetic_shards, tmp_path, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     overrides = [*_overrides(synthetic_shards.pattern, tmp_path, steps=8), "launch.time=10"]
     assert main(["submit", "train", str(CONFIG), *overrides]) == 0
     job_id = re.search(r"submitted job (\d+)", capsys.readouterr().out).group(1)
     job = submitit.SlurmJob(folder=tmp_path / "runs" / "submitit", job_id=job_id, tasks=(0, 1))
-    assert _finish(job) == [0, 0]
+    assert deadline(JOB_TIMEOUT_S).results(job) == [0, 0]
     job_dir = tmp_path / "runs" / job_id
     assert [p.name for p in complete_checkpoints(job_dir)] == ["step-00000004", "step-00000008"]
     assert (job_dir / "checkpoints" / "step-00000008" / "rng-rank1.pt").is_file()  # both tasks saved
@@ -85,18 +68,19 @@ def test_two_task_job_trains_and_checkpoints(slurm_cluster, synthetic_shards, tm
 @pytest.mark.slurm
 @pytest.mark.timeout(JOB_TIMEOUT_S + 60)
 def test_preempted_training_requeues_and_resumes_from_its_checkpoint(
-    slurm_cluster, synthetic_shards, tmp_path, monkeypatch
+    slurm_cluster, deadline, synthetic_shards, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
     # A 60-minute limit makes submitit read USR2 as a preemption (requeue) rather than a timeout.
     cfg = load_config(CONFIG, [*_overrides(synthetic_shards.pattern, tmp_path, steps=40), "launch.time=60"])
     job = submit("trajtok.train.loop:main", cfg)
     job_dir = tmp_path / "runs" / job.job_id
-    _wait_for((job_dir / "checkpoints" / "step-00000004" / "state.json").is_file, "the first checkpoint")
+    first_checkpoint = job_dir / "checkpoints" / "step-00000004" / "state.json"
+    deadline(JOB_TIMEOUT_S).wait_for(first_checkpoint.is_file, "the first checkpoint")
     run_id = (job_dir / "mlflow_run_id").read_text().strip()
     subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)  # what SLURM sends before preempting
 
-    assert _finish(job) == [0, 0]
+    assert deadline(JOB_TIMEOUT_S).results(job) == [0, 0]
     logs = job.paths.stdout.read_text() + job.paths.stderr.read_text()
     assert "Requeued job" in logs
     resumed = re.findall(r"resumed from \S+step-(\d+) at step (\d+)", logs)
