@@ -18,7 +18,8 @@ import webdataset as wds
 from safetensors.torch import save_file
 
 from launch.cli import main as cli
-from launch.commands.eval import eval_shorthand
+from launch.commands._common import expand_aliases
+from launch.commands.eval import ALIASES
 from trajtok.config import ClipConfig, ModelConfig, load_config
 from trajtok.data.augment import center_clip
 from trajtok.data.sample import decode_sample
@@ -306,10 +307,13 @@ def test_user_errors_are_one_line_config_errors(tmp_path, synth_dataset, capsys)
 
 
 def test_bare_eval_keys_are_shorthand():
-    assert eval_shorthand("task=probe") == "eval.task=probe"
-    assert eval_shorthand("ckpt=runs/a") == "eval.ckpt=runs/a"
-    assert eval_shorthand("seed=3") == "seed=3"  # a top-level key stays one
-    assert eval_shorthand("train.lr=1") == "train.lr=1"
+    items = ["task=probe", "ckpt=runs/a", "seed=3", "train.lr=1"]
+    assert expand_aliases(items, ALIASES) == [
+        "eval.task=probe",
+        "eval.ckpt=runs/a",
+        "seed=3",  # a top-level key stays one
+        "train.lr=1",
+    ]
 
 
 def test_a_training_run_missing_from_the_store_gets_a_run_of_its_own(tmp_path, synth_dataset):

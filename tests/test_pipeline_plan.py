@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launch.commands.shard import expand_aliases
+from launch.commands._common import expand_aliases
+from launch.commands.shard import ALIASES
 from pipeline.accounting import FAILED, SKIPPED, WRITTEN, RowOutcome, ShardStats, summarize
 from pipeline.clips import TooShort, clip_windows, read_clips
 from pipeline.job import check_config, resume_state, settings_digest
@@ -192,7 +193,7 @@ def test_check_config_names_the_key():
 
 
 def test_cli_aliases():
-    assert expand_aliases(["manifest=m.jsonl", "out=s3://b/x", "clip.frames=8"]) == [
+    assert expand_aliases(["manifest=m.jsonl", "out=s3://b/x", "clip.frames=8"], ALIASES) == [
         "data.manifest=m.jsonl",
         "pipeline.out=s3://b/x",
         "clip.frames=8",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable, Mapping
 
 from trajtok.config import JobConfig, load_config
 
@@ -17,9 +18,21 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_required: bool 
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. train.lr=3e-4")
 
 
-def config_from_args(args: argparse.Namespace) -> JobConfig:
-    """Load the config named on the command line; a lone `key=value` in the CONFIG slot is an override."""
+def expand_aliases(items: Iterable[str], aliases: Mapping[str, str]) -> list[str]:
+    """`key=value` -> `aliases[key]=value` for the short bare keys a command takes; other items unchanged."""
+    expanded = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        expanded.append(f"{aliases[key]}={value}" if sep and key in aliases else item)
+    return expanded
+
+
+def config_from_args(args: argparse.Namespace, aliases: Mapping[str, str] | None = None) -> JobConfig:
+    """Load the config named on the command line; a lone `key=value` in the CONFIG slot is an override.
+
+    `aliases` maps the command's short bare keys to config keys (`out` -> `pipeline.out`).
+    """
     path, overrides = args.config, list(args.overrides)
     if path is not None and "=" in path:
         path, overrides = None, [path, *overrides]
-    return load_config(path, overrides)
+    return load_config(path, expand_aliases(overrides, aliases or {}))

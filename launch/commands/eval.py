@@ -12,8 +12,12 @@ from trajtok.config import EvalConfig, JobConfig
 from trajtok.errors import ConfigError
 
 ENTRY = "trajtok.eval.run:main"
-_TOP_LEVEL = {f.name for f in dataclasses.fields(JobConfig)}
-_EVAL_KEYS = {f.name for f in dataclasses.fields(EvalConfig)}
+# Keys of the eval group may be given bare (`task=probe`), unless a top-level key has the name.
+ALIASES = {
+    f.name: f"eval.{f.name}"
+    for f in dataclasses.fields(EvalConfig)
+    if f.name not in {top.name for top in dataclasses.fields(JobConfig)}
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,19 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def eval_shorthand(item: str) -> str:
-    """`task=probe` -> `eval.task=probe`: a bare key of the eval group that is no top-level key."""
-    key = item.split("=", 1)[0]
-    if "." not in key and key not in _TOP_LEVEL and key in _EVAL_KEYS:
-        return f"eval.{item}"
-    return item
-
-
 def run(args: argparse.Namespace) -> int:
-    args.overrides = [eval_shorthand(item) for item in args.overrides]
-    if args.config is not None and "=" in args.config:
-        args.config = eval_shorthand(args.config)
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, ALIASES)
     if cfg.launch.backend != "local":
         raise ConfigError(f"launch.backend '{cfg.launch.backend}': `trajtok eval` runs on this machine")
     if cfg.launch.nproc > 1:

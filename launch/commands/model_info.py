@@ -6,12 +6,17 @@ import argparse
 import dataclasses
 import json
 
+from launch.commands._common import expand_aliases
 from trajtok.config import ModelConfig, load_config
 from trajtok.errors import ConfigError
 from trajtok.models.registry import MODELS
 
-SHORT_KEYS = {"frames": "clip.frames", "resolution": "clip.size"}
-MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
+# Bare keys: any model field, and two clip settings by the names model cards use.
+ALIASES = {
+    **{f.name: f"model.{f.name}" for f in dataclasses.fields(ModelConfig)},
+    "frames": "clip.frames",
+    "resolution": "clip.size",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,25 +38,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _config_override(item: str) -> str:
-    key, sep, value = item.partition("=")
+def _check_dotted(item: str) -> str:
+    """An override left bare after the aliases is a key this command does not know."""
+    key, sep, _ = item.partition("=")
     if not sep:
         raise ConfigError(f"override '{item}': expected key=value")
-    if "." in key:
-        return item
-    if key in SHORT_KEYS:
-        return f"{SHORT_KEYS[key]}={value}"
-    if key in MODEL_KEYS:
-        return f"model.{key}={value}"
-    raise ConfigError(
-        f"override '{item}': unknown key; use frames, resolution, a model field or a dotted key"
-    )
+    if "." not in key:
+        raise ConfigError(
+            f"override '{item}': unknown key; use frames, resolution, a model field or a dotted key"
+        )
+    return item
 
 
 def run(args: argparse.Namespace) -> int:
     from trajtok.models.info import format_summary, model_summary
 
-    cfg = load_config(None, [f"model.name={args.model}", *map(_config_override, args.overrides)])
+    overrides = [_check_dotted(item) for item in expand_aliases(args.overrides, ALIASES)]
+    cfg = load_config(None, [f"model.name={args.model}", *overrides])
     summary = model_summary(cfg.model, cfg.clip)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0

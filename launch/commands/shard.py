@@ -24,22 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def expand_aliases(items: list[str]) -> list[str]:
-    """`out=x` -> `pipeline.out=x`, `manifest=m` -> `data.manifest=m`; other overrides unchanged."""
-    expanded = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        expanded.append(f"{ALIASES[key]}={value}" if sep and key in ALIASES else item)
-    return expanded
-
-
 def run(args: argparse.Namespace) -> int:
     from pipeline.job import run_shard_job  # Ray loads only when a job runs, not for --help
 
-    if args.config is not None and "=" in args.config:
-        args.config, args.overrides = None, [args.config, *args.overrides]
-    args.overrides = expand_aliases(args.overrides)
-    summary = run_shard_job(config_from_args(args))
+    summary = run_shard_job(config_from_args(args, ALIASES))
     now = summary["run"]
     print(
         f"{summary['rows']} rows: {summary['written']} written ({summary['clips']} clips in "
