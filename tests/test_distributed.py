@@ -98,3 +98,11 @@ def test_a_user_error_in_a_rank_is_one_line(entries, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[rank 0] error: data.shards 'nowhere/*.tar': no shards match" in out
     assert "Traceback" not in out
+
+
+def test_slurm_master_port_is_below_the_ephemeral_range_and_the_same_for_array_tasks():
+    from trajtok.distributed import job_master_port
+
+    ports = {job_master_port(str(job)) for job in range(1, 10000, 7)}
+    assert min(ports) >= 29500 and max(ports) < 32768
+    assert job_master_port("1234_5") == job_master_port("1234")

@@ -3,8 +3,9 @@
 A rank learns who it is from the environment, torchrun style (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
 MASTER_PORT). `launch.local` sets these for its processes; inside a submitit SLURM task they are exported
 from SLURM's own variables (submitit's TorchDistributedEnvironment: the first node of the allocation is the
-master, the port is derived from the job id so every task agrees without talking); a plain `python` process
-gets a world of one on loopback. DeepSpeed's `init_distributed` and `torch.distributed` both read the result.
+master; the port is derived from the job id, `job_master_port`, so every task agrees without talking); a
+plain `python` process gets a world of one on loopback. DeepSpeed's `init_distributed` and
+`torch.distributed` both read the result.
 
 `smoke` is the cluster smoke test behind `trajtok submit smoke`: every rank joins the process group and
 all_reduces, rank 0 records the attempt in the run directory and in MLflow, so one command checks ranks,
@@ -46,6 +47,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def job_master_port(job_id: str) -> int:
+    """The master port of a SLURM job, the same on every task: 29500 + job id modulo 3000.
+
+    submitit derives one from the job id too, but anywhere in 20000-60000, which overlaps Linux's
+    ephemeral ports (32768-60999): a busy node's outgoing connection can hold it, and the job dies with
+    EADDRINUSE. This range stays below the ephemeral ones.
+    """
+    digits = "".join(c for c in job_id.split("_")[0] if c.isdigit()) or "0"
+    return 29500 + int(digits) % 3000
+
+
 def distributed_env() -> DistEnv:
     """Read this process's rank and master from the environment, exporting them first when missing.
 
@@ -56,6 +68,7 @@ def distributed_env() -> DistEnv:
             from submitit.helpers import TorchDistributedEnvironment
 
             TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            os.environ["MASTER_PORT"] = str(job_master_port(os.environ["SLURM_JOB_ID"]))
         else:
             single = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
             os.environ.update(single, MASTER_PORT=str(free_port()))
