@@ -27,9 +27,6 @@ from trajtok.distributed import get_rank, get_world_size
 from trajtok.errors import ConfigError
 from trajtok.models.vit3d import TUBELET
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 Compute = Callable[[Any], torch.Tensor]
 
 
@@ -87,13 +84,6 @@ def _gather(rows: torch.Tensor, indices: torch.Tensor, total: int) -> np.ndarray
     if int(keep.sum()) != total:
         raise RuntimeError(f"gathered {int(keep.sum())} rows for {total} items")
     return out.cpu().numpy()
-
-
-def normalise_frames(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (B, T, 3, H, W) -> float, ImageNet-normalised on `device` (what every model takes)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 1, 3, 1, 1) * 255
-    return (frames.to(device).float() - mean) / std
 
 
 def feature_map_fn(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -38,11 +38,12 @@ from mlflow.exceptions import MlflowException
 from torch import nn
 
 from trajtok.config import JobConfig, ModelConfig, flatten, to_dict
+from trajtok.data.normalise import normalise_frames
 from trajtok.distributed import get_rank, get_world_size, init_process_group
 from trajtok.errors import ConfigError
 from trajtok.eval.classify import class_embeddings, classification_metrics
 from trajtok.eval.evalset import EvalClips, EvalItem, read_items
-from trajtok.eval.features import compute_in_batches, feature_map_fn, normalise_frames
+from trajtok.eval.features import compute_in_batches, feature_map_fn
 from trajtok.eval.probe import compare_heads
 from trajtok.eval.retrieval import chance_recall_at_1, dual_softmax, retrieval_metrics
 from trajtok.eval.segmentation import SegmentationScores, evaluate_segmentation

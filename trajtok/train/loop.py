@@ -17,6 +17,7 @@ import torch
 
 from trajtok.config import JobConfig, config_digest
 from trajtok.data.loader import build_loader, expand_shards
+from trajtok.data.normalise import normalise_frames
 from trajtok.distributed import init_process_group
 from trajtok.errors import ConfigError
 from trajtok.losses import total_loss
@@ -40,8 +41,6 @@ from trajtok.viz import overlay_grid
 log = logging.getLogger("trajtok.train")
 
 TRAINABLE = ("trajvit2", "vit3d", "segmenter")  # trajadapter probes frozen features: evaluation's job
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def check_job(cfg: JobConfig) -> None:
@@ -86,8 +85,6 @@ def main(cfg: JobConfig) -> int:
     loader, dataset = build_loader(cfg, rank, world_size, start_batch=state.batches)
     batches = iter(loader)
     tokenizer = build_tokenizer(cfg.model.text_tokenizer) if mode == "joint" else None
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 1, 3, 1, 1) * 255
     meter = TrainMeter(world_size, device)
     engine.train()
 
@@ -98,7 +95,7 @@ def main(cfg: JobConfig) -> int:
             with meter.waiting_for_data():
                 batch = next(batches)
             state.batches += 1
-            frames = ((batch["frames"].to(device, non_blocking=True).float() - mean) / std).to(dtype)
+            frames = normalise_frames(batch["frames"], device, dtype)
             labels = batch["labels"].to(device, non_blocking=True)
             if tokenizer is not None:
                 ids, mask = tokenizer.encode_batch(batch["captions"], cfg.model.text_max_len)
