@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import warnings
 
 import pytest
 import torch
@@ -133,6 +134,7 @@ def _free_port() -> int:
 
 def _rank_loss(rank: int, port: int, video: torch.Tensor, text: torch.Tensor, out_dir: str) -> None:
     torch.set_num_threads(1)
+    warnings.simplefilter("error", FutureWarning)  # deprecated collectives flood every step's log
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         batch = video.shape[0] // 2
