@@ -45,20 +45,26 @@ def _world() -> tuple[int, int]:
 
 
 class _GatherWithGrad(torch.autograd.Function):
-    """All-gather along dim 0 whose backward sums every rank's gradient of each slice onto its owner."""
+    """All-gather along dim 0 whose backward sums every rank's gradient of each slice onto its owner.
+
+    torch 2.13 deprecates the `*_tensor` names of these collectives for `*_single`; an older torch (a GPU
+    user's own build) has only the former.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()
         out = x.new_empty((dist.get_world_size() * x.shape[0], *x.shape[1:]))
-        dist.all_gather_single(out, x)
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        gather(out, x)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous()
         mine = grad.new_empty((grad.shape[0] // dist.get_world_size(), *grad.shape[1:]))
-        dist.reduce_scatter_single(mine, grad, op=dist.ReduceOp.SUM)
+        reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+        reduce_scatter(mine, grad, op=dist.ReduceOp.SUM)
         return mine
 
 
