@@ -13,6 +13,7 @@ from trajtok.errors import ConfigError
 from trajtok.models.registry import build_model
 from trajtok.train.checkpoint import STATE_FILE, TrainState, complete_checkpoints, resolve_resume
 from trajtok.train.engine import check_train_config, deepspeed_config, param_groups, scalars_as_vectors
+from trajtok.train.loop import early_matching
 from trajtok.train.schedule import lr_at
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny-cpu.yaml"
@@ -108,3 +109,11 @@ def test_train_command_refuses_bad_settings_in_one_line(tmp_path: Path, run_cli)
         proc = run_cli("train", str(CONFIG), *settings)
         assert proc.returncode != 0
         assert key in proc.stderr + proc.stdout and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_early_matching_hooks_the_segmenter_of_models_that_segment():
+    for name, segments in (("segmenter", True), ("trajvit2", True), ("vit3d", False)):
+        cfg = load_config(CONFIG, [f"model.name={name}"])
+        with torch.device("meta"):
+            matching = early_matching(build_model(cfg.model, cfg.clip))
+        assert (matching is not None) == segments, name

@@ -20,9 +20,10 @@ from trajtok.data.loader import build_loader, expand_shards
 from trajtok.data.normalise import normalise_frames
 from trajtok.distributed import init_process_group
 from trajtok.errors import ConfigError
-from trajtok.losses import total_loss
+from trajtok.losses import EarlyMatching, total_loss
 from trajtok.models.output import ModelOutput
 from trajtok.models.registry import build_model
+from trajtok.models.segmenter import VideoSegmenter
 from trajtok.models.text import build_tokenizer
 from trajtok.tracking import start_tracker
 from trajtok.train.checkpoint import (
@@ -50,6 +51,14 @@ def check_job(cfg: JobConfig) -> None:
     if not expand_shards(cfg.data.shards):
         raise ConfigError(f"data.shards '{cfg.data.shards}': names no shard")
     check_train_config(cfg.train, on_gpu=torch.cuda.is_available())
+
+
+def early_matching(model: torch.nn.Module) -> EarlyMatching | None:
+    """Hungarian matching queued right after the model's segmenter (None when the model does not segment)."""
+    video_segmenter = model if isinstance(model, VideoSegmenter) else None
+    if video_segmenter is None:
+        video_segmenter = getattr(getattr(model, "tokenizer", None), "segmenter", None)
+    return EarlyMatching(video_segmenter.head) if video_segmenter is not None else None
 
 
 def main(cfg: JobConfig) -> int:
@@ -85,6 +94,7 @@ def main(cfg: JobConfig) -> int:
     loader, dataset = build_loader(cfg, rank, world_size, start_batch=state.batches)
     batches = iter(loader)
     tokenizer = build_tokenizer(cfg.model.text_tokenizer) if mode == "joint" else None
+    matching = early_matching(engine.module)
     meter = TrainMeter(world_size, device)
     engine.train()
 
@@ -96,13 +106,14 @@ def main(cfg: JobConfig) -> int:
                 batch = next(batches)
             state.batches += 1
             frames = normalise_frames(batch["frames"], device, dtype)
-            labels = batch["labels"].to(device, non_blocking=True)
             if tokenizer is not None:
                 ids, mask = tokenizer.encode_batch(batch["captions"], cfg.model.text_max_len)
                 output = engine(frames, ids.to(device), mask.to(device))
             else:
                 output = engine(frames)
-            parts = total_loss(output, labels, cfg.train.loss, mode)
+            # the labels stay on the host: the matching reads them there, queued behind the forward
+            targets = matching.targets(batch["labels"]) if matching is not None else None
+            parts = total_loss(output, batch["labels"], cfg.train.loss, mode, seg_targets=targets)
             engine.backward(parts["loss"])
             engine.step()
             meter.add(parts, output, batch)
