@@ -63,15 +63,16 @@ def distributed_env() -> DistEnv:
 
     Inside a submitit job they come from SLURM; otherwise a single process gets rank 0 of 1 on 127.0.0.1.
     """
-    if "RANK" not in os.environ:
-        if "SUBMITIT_EXECUTOR" in os.environ:
-            from submitit.helpers import TorchDistributedEnvironment
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and "SLURM_JOB_ID" in os.environ:
+        from submitit.helpers import TorchDistributedEnvironment
 
-            TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-            os.environ["MASTER_PORT"] = str(job_master_port(os.environ["SLURM_JOB_ID"]))
-        else:
-            single = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
-            os.environ.update(single, MASTER_PORT=str(free_port()))
+        # sbatch hands the submitter's environment to the job: a RANK or MASTER_PORT left there by the
+        # submitting process must not win over this job's own
+        os.environ["MASTER_PORT"] = str(job_master_port(os.environ["SLURM_JOB_ID"]))
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    elif "RANK" not in os.environ:
+        single = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+        os.environ.update(single, MASTER_PORT=str(free_port()))
     return DistEnv(
         rank=int(os.environ["RANK"]),
         world_size=int(os.environ["WORLD_SIZE"]),

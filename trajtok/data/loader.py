@@ -29,6 +29,7 @@ import glob as globlib
 import json
 import logging
 import random
+import signal
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -302,5 +303,13 @@ def build_loader(
         prefetch_factor=2 if cfg.data.num_workers > 0 else None,
         persistent_workers=False,
         generator=torch.Generator().manual_seed(cfg.seed),  # leaves the global RNG to the model: exact resume
+        worker_init_fn=_leave_job_signals_to_the_trainer,
     )
     return loader, dataset
+
+
+def _leave_job_signals_to_the_trainer(worker_id: int) -> None:
+    """Workers are forked with the trainer's handlers; SLURM's preemption and time-limit signal (USR2, sent
+    to every process of the step) must run the checkpoint-and-requeue handler once, in the trainer, not
+    again in each worker, where a second `scontrol requeue` fails and ends the job."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
