@@ -1,4 +1,4 @@
-"""The `trajtok` command: every subcommand registers and answers `--help` through the installed entry point."""
+"""The `trajtok` command: every subcommand registers and answers `--help` through the entry point."""
 
 from __future__ import annotations
 

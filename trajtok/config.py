@@ -159,7 +159,7 @@ class LaunchConfig:
     max_requeues: int = 3
     dry_run: bool = False
     folder: str = ""  # submitit logs; "" = <run_dir>/submitit
-    smoke_hold_s: float = 0.0  # `submit smoke`: the first attempt holds its allocation this long (requeue drills)
+    smoke_hold_s: float = 0.0  # `submit smoke`: the first attempt holds its allocation this long (drills)
 
 
 @dataclass
@@ -227,7 +227,7 @@ class DemoConfig:
     heldout_videos: int = 32
     heldout_seed: int = 1000  # synthetic seeds of the held-out set: never seen in training
     models: list[str] = field(default_factory=lambda: ["trajvit2", "vit3d"])
-    real_videos: str = ""  # folder of real videos to label for pictures; "" = ../shared/data/videos if present
+    real_videos: str = ""  # real videos to label for pictures; "" = ../shared/data/videos if present
 
 
 @dataclass

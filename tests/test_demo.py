@@ -1,0 +1,47 @@
+"""The main job at reduced size, through the real command: every stage runs, both models beat chance."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HELDOUT = 32
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path: Path):
+    out = tmp_path / "demo"
+    command = [
+        str(Path(sys.executable).with_name("trajtok")),
+        "demo",
+        f"demo.out={out}",
+        "demo.train_videos=64",
+        f"demo.heldout_videos={HELDOUT}",
+        "train.steps=120",
+        "train.checkpoint_every=120",
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+    table = proc.stdout[proc.stdout.index("results on held-out synthetic clips") :]
+    assert "trajvit2" in table and "vit3d" in table and "mlflow ui --backend-store-uri" in table
+
+    results = json.loads((out / "results.json").read_text())
+    chance_mean_rank = (HELDOUT + 1) / 2
+    chance_r5 = 100 * 5 / HELDOUT
+    for model in results["models"]:
+        r = model["retrieval"]
+        mean_rank = (r["t2v_MeanR"] + r["v2t_MeanR"]) / 2
+        r5 = (r["t2v_R@5"] + r["v2t_R@5"]) / 2
+        # a random ranking has mean rank 16.5 +- 1.6 here; 0.6 x chance is far outside its spread
+        assert mean_rank < 0.6 * chance_mean_rank, (model["name"], r)
+        assert r5 > 2 * chance_r5, (model["name"], r)
+        assert model["train"]["train/tokens_per_clip/mean"] > 0
+    trajvit2 = next(m for m in results["models"] if m["name"] == "trajvit2")
+    assert 0 < trajvit2["segmentation"]["mean_best_overlap"] <= 1
+    assert sorted(p.name for p in (out / "pictures").glob("*.png")) == ["tree.png", "vtest.png"]
+    assert (out / "mlflow.db").is_file()
