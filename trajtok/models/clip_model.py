@@ -7,19 +7,16 @@ comparison measures tokenization and nothing else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from trajtok.models.clip_heads import EmbeddingHead, LogitScale
-from trajtok.models.output import ModelOutput
+from trajtok.models.output import ModelOutput, TensorRecord
 from trajtok.models.segmenter import Segmentation
 from trajtok.models.transformer import Transformer
 
 
-@dataclass
-class VideoTokens:
+class VideoTokens(TensorRecord):
     tokens: torch.Tensor  # (B, L, W) in the transformer's width
     mask: torch.Tensor | None  # (B, L) bool, True = valid; None = all valid
     segmentation: Segmentation | None = None

@@ -10,7 +10,6 @@ similarity, so the backbone still learns from both losses through the pixel proj
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,15 +17,14 @@ from torch import nn
 
 from trajtok.models.attention import Mlp
 from trajtok.models.backbone import ConvNeXtBackbone
-from trajtok.models.output import ModelOutput
+from trajtok.models.output import ModelOutput, TensorRecord
 from trajtok.models.perceiver import Perceiver
 from trajtok.models.positions import Grid, fourier_features
 
 MAX_LOGIT_SCALE = 20.0
 
 
-@dataclass
-class Segmentation:
+class Segmentation(TensorRecord):
     """A soft and a hard split of T*h*w pixels into K trajectories."""
 
     logits: torch.Tensor  # (B, T*h*w, K) float: scaled cosine similarities
