@@ -27,12 +27,15 @@ def expand_aliases(items: Iterable[str], aliases: Mapping[str, str]) -> list[str
     return expanded
 
 
-def config_from_args(args: argparse.Namespace, aliases: Mapping[str, str] | None = None) -> JobConfig:
+def config_from_args(
+    args: argparse.Namespace, aliases: Mapping[str, str] | None = None, default: str | None = None
+) -> JobConfig:
     """Load the config named on the command line; a lone `key=value` in the CONFIG slot is an override.
 
-    `aliases` maps the command's short bare keys to config keys (`out` -> `pipeline.out`).
+    `aliases` maps the command's short bare keys to config keys (`out` -> `pipeline.out`); `default` is the
+    file a command reads when none is named (the demo's).
     """
     path, overrides = args.config, list(args.overrides)
     if path is not None and "=" in path:
         path, overrides = None, [path, *overrides]
-    return load_config(path, expand_aliases(overrides, aliases or {}))
+    return load_config(path or default, expand_aliases(overrides, aliases or {}))

@@ -26,8 +26,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from launch.demo import run_demo
 
-    if args.config is None or "=" in args.config:
-        overrides = [args.config, *args.overrides] if args.config else args.overrides
-        args.config, args.overrides = str(DEFAULT_CONFIG), overrides
-    run_demo(config_from_args(args))
+    run_demo(config_from_args(args, default=str(DEFAULT_CONFIG)))
     return 0
