@@ -81,14 +81,15 @@ def read_clips(
         if last - first < cfg.seconds:
             raise TooShort(f"{path}: {last - first:.3g} s long, shorter than clip.seconds={cfg.seconds:g}")
         all_times = video.timestamps(np.arange(info.num_frames))
+        size = _even_size(info.height, info.width, cfg.size)
         given = 0
         for index, (a, b) in enumerate(clip_windows(first, last, cfg)):
             if np.diff(np.searchsorted(all_times, [a, b]))[0] < cfg.frames:
                 continue  # the frames would repeat
             key = sample_key(path, index, a, b)
-            frames, times = video.sample_clip(cfg.frames, cfg.sampling, a, b, rng=_seed(key))
+            frames, times = video.sample_clip(cfg.frames, cfg.sampling, a, b, rng=_seed(key), size=size)
             given += 1
-            yield Clip(key, index, _resize(frames, cfg.size), times, a, b, info)
+            yield Clip(key, index, frames, times, a, b, info)
         if not given:
             raise TooShort(
                 f"{path}: no clip window holds clip.frames={cfg.frames} frames ({info.num_frames} in all)"
@@ -109,13 +110,14 @@ def _image_clip(path: str, cfg: ClipConfig) -> Clip:
     rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)[None]
     h, w = rgb.shape[1:3]
     info = VideoInfo(source=path, backend="image", fps=0.0, num_frames=1, width=w, height=h, duration=0.0)
-    return Clip(sample_key(path, 0, 0.0, 0.0), 0, _resize(rgb, cfg.size), np.zeros(1), 0.0, 0.0, info)
+    frames = resize_frames(rgb, _even_size(h, w, cfg.size))
+    return Clip(sample_key(path, 0, 0.0, 0.0), 0, frames, np.zeros(1), 0.0, 0.0, info)
 
 
 def _seed(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
 
 
-def _resize(frames: np.ndarray, short_side: int) -> np.ndarray:
+def _even_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     """Short side to `short_side`, both sides even (H.264 yuv420p)."""
-    return resize_frames(frames, short_side_size(*frames.shape[1:3], short_side, multiple=2))
+    return short_side_size(height, width, short_side, multiple=2)

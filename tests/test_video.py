@@ -16,9 +16,12 @@ import av
 import fsspec
 import numpy as np
 import pytest
+from av.video.frame import PictureType
 
 from launch.cli import main as cli_main
+from trajtok.data import video as video_module
 from trajtok.data.encode import encode_video, write_video
+from trajtok.data.labels import resize_frames
 from trajtok.data.video import load_clip, open_video, sample_frame_indices
 from trajtok.errors import VideoDecodeError
 
@@ -187,7 +190,7 @@ def test_avi_cut_short_reads_the_true_frames(shared_videos, reference, tmp_path,
 )
 def test_frames_with_b_frames_come_back_in_order_from_any_container(tmp_path, container, codec):
     """decord returns wrong frames from MPEG-TS (it seeks late) and from AVI with B-frames (it mixes up their
-    order); the reader must notice and hand over to PyAV."""
+    order), which is why the default reader is PyAV's."""
     frames = _clip(frames=40)
     path = tmp_path / f"bframes.{container}"
     with av.open(str(path), mode="w") as output:
@@ -202,6 +205,74 @@ def test_frames_with_b_frames_come_back_in_order_from_any_container(tmp_path, co
         decoded = video.read_frames(indices).astype(int)
     distances = np.abs(decoded[:, None] - frames[None].astype(int)).mean(axis=(2, 3, 4))
     assert distances.argmin(axis=1).tolist() == indices.tolist()  # each is closest to the frame asked for
+
+
+@pytest.fixture
+def b_pyramid_video(tmp_path) -> tuple[Path, np.ndarray]:
+    """H.264 with B-frames, some of them referenced, and its frames as a plain full decode gives them."""
+    path = tmp_path / "pyramid.mp4"
+    with av.open(str(path), mode="w") as output:
+        options = {"bf": "3", "b-pyramid": "normal", "g": "30"}  # B-frames, some of them referenced
+        stream = output.add_stream("libx264", rate=25, options=options)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for frame in _clip(frames=90):
+            output.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        output.mux(stream.encode())
+    with av.open(str(path)) as container:
+        decoded = list(container.decode(video=0))
+    assert any(frame.pict_type == PictureType.B for frame in decoded)
+    return path, np.stack([frame.to_ndarray(format="rgb24") for frame in decoded])
+
+
+READ_ORDERS = ([5, 40, 41, 77], [6, 7], [4], [89, 0, 45], np.arange(0, 90, 7))
+
+
+def test_frames_skipped_as_unreferenced_never_change_a_wanted_frame(b_pyramid_video):
+    """Reads skip B-frames nobody asked for; every frame asked for must still be bit-exact, whatever the order
+    of the reads (a later read may want a frame an earlier one skipped)."""
+    path, everything = b_pyramid_video
+    with open_video(path) as video:
+        for indices in READ_ORDERS:
+            assert np.array_equal(video.read_frames(indices), everything[indices])
+
+
+def test_packets_stamped_unlike_their_frames_are_read_without_skipping(b_pyramid_video, monkeypatch):
+    """Where packet timestamps do not name the frames they hold (packed B-frames in old AVI files), the skip
+    would drop wanted frames: the read is repeated without it."""
+    path, everything = b_pyramid_video
+    with open_video(path) as video:
+        stamp = video_module._stamp
+
+        def off_by_one_for_packets(item):
+            time = stamp(item)
+            return time + 1 if time is not None and isinstance(item, av.Packet) else time
+
+        monkeypatch.setattr(video_module, "_stamp", off_by_one_for_packets)
+        for indices in READ_ORDERS:
+            assert np.array_equal(video.read_frames(indices), everything[indices])
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_frames_read_at_a_size_match_frames_resized_after(shared_videos, backend):
+    """Decoders resize in their colour conversion; the pictures must be those of `resize_frames`."""
+    with open_video(shared_videos / "vtest.avi", backend=backend) as video:
+        full = video.read_frames([0, 300, 301])
+        for size in [(256, 342), (600, 800)]:  # shrinking (area) and growing (bilinear)
+            resized = video.read_frames([0, 300, 301], size=size)
+            assert resized.shape == (3, *size, 3)
+            difference = np.abs(resized.astype(int) - resize_frames(full, size))
+            assert difference.mean() < 2.5
+        frames, _ = video.sample_clip(4, start=10.0, end=20.0, size=(128, 170))
+        assert frames.shape == (4, 128, 170, 3)
+
+
+def test_an_open_decord_reader_leaves_the_cpu_idle(shared_videos):
+    """decord's decoder thread spins a core after a read until the next seek; an idle reader costs nothing."""
+    with open_video(shared_videos / "vtest.avi", backend="decord") as video:
+        video.read_frames([100, 200])
+        before = time.process_time()
+        time.sleep(0.5)
+        assert time.process_time() - before < 0.2
 
 
 def test_truncated_mp4_with_index_first_keeps_only_frames_that_decode(tmp_path):
@@ -329,8 +400,8 @@ def test_video_info_command_prints_json_and_one_error_line_per_bad_file(shared_v
     out, err = capfd.readouterr()
     rows = [json.loads(line) for line in out.splitlines()]
     assert [(row["source"], row["num_frames"], row["backend"]) for row in rows] == [
-        (str(paths[0]), 795, "decord"),
-        (str(paths[2]), 68, "decord"),
+        (str(paths[0]), 795, "pyav"),
+        (str(paths[2]), 68, "pyav"),
     ]
     assert set(rows[0]) == {"source", "backend", "fps", "num_frames", "width", "height", "duration"}
     assert err.splitlines() == [
@@ -338,5 +409,5 @@ def test_video_info_command_prints_json_and_one_error_line_per_bad_file(shared_v
         "input)",
         f"trajtok video-info: error: {paths[3]}: no video stream (holds: audio)",
     ]
-    assert cli_main(["video-info", "--backend", "pyav", str(shared_videos / "tree.avi")]) == 0
-    assert json.loads(capfd.readouterr().out)["backend"] == "pyav"
+    assert cli_main(["video-info", "--backend", "decord", str(shared_videos / "tree.avi")]) == 0
+    assert json.loads(capfd.readouterr().out)["backend"] == "decord"
