@@ -10,7 +10,9 @@ For each source, without labels (decode, sample, resize, encode) and with the `c
    its shards (start-up excluded), "wall" the whole job including Ray and actor start-up, "per CPU s"
    clips over the workers' CPU time; efficiency = steady / (workers x single-process wall rate).
 Per-CPU-second rates are what a core gives when it is not shared; on a loaded machine the wall rates
-fall and the per-CPU-second rates do not. Last, what crosses the object store per shard (bytes).
+fall and the per-CPU-second rates do not. Then, per source and decoder (PyAV, the default, and decord),
+where a clip's CPU time goes: open, decode with resize, encode. Last, what crosses the object store per
+shard (bytes).
 
     .venv/bin/python bench/bench_pipeline.py [--clips 32] [--frames 16] [--size 256] [--json out.json]
 """
@@ -42,7 +44,8 @@ from pipeline.plan import plan_shards
 from pipeline.worker import clip_sample
 from pseudolabel.base import labeler_from_config
 from trajtok.config import JobConfig, load_config
-from trajtok.data.labels import resize_frames
+from trajtok.data.encode import encode_video
+from trajtok.data.labels import resize_frames, short_side_size
 from trajtok.data.manifest import read_manifest
 from trajtok.data.video import open_video
 
@@ -110,6 +113,32 @@ def single_process(cfg: JobConfig) -> dict[str, float]:
     }
 
 
+def stage_costs(video: Path, backend: str, args: argparse.Namespace, clips: int = 12) -> dict[str, float]:
+    """CPU milliseconds per clip of each stage, one thread: open the video, decode 16 frames of a 4 s
+    window at the clip size, encode them (as `clip_sample` does)."""
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    with open_video(video) as opened:
+        duration = opened.info.duration
+    totals: dict[str, float] = defaultdict(float)
+    for i in range(clips):
+        start = i * (duration - 4.2) / (clips - 1)
+        began = time.process_time()
+        reader = open_video(video, backend=backend)
+        opened_at = time.process_time()
+        size = short_side_size(reader.info.height, reader.info.width, args.size, multiple=2)
+        frames, _ = reader.sample_clip(args.frames, "middle", start, start + 4.0, size=size)
+        decoded_at = time.process_time()
+        encode_video(frames, args.frames / 4.0)
+        reader.close()
+        totals["open_ms"] += opened_at - began
+        totals["decode_and_resize_ms"] += decoded_at - opened_at
+        totals["encode_ms"] += time.process_time() - decoded_at
+    costs = {stage: round(1000 * total / clips, 1) for stage, total in totals.items()}
+    costs["clips_per_cpu_s"] = round(1000 / sum(costs.values()), 2)
+    return costs
+
+
 def ray_job(cfg: JobConfig) -> dict[str, float]:
     out = Path(cfg.pipeline.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -162,6 +191,9 @@ def main() -> None:
                     entry[f"ray_{workers}_workers"] = run
                 results[name] = entry
                 print(name, json.dumps(entry), flush=True)
+            stages = {backend: stage_costs(video, backend, args) for backend in ("pyav", "decord")}
+            results[f"{source}, CPU per clip by stage"] = stages
+            print(source, json.dumps(stages), flush=True)
             plan = plan_shards(read_manifest(manifest).rows, args.clips_per_shard, row_fingerprint)[0]
             results["object_store"] = {
                 "plan_bytes": len(pickle.dumps(plan)),

@@ -95,3 +95,19 @@ def test_bench_label_through_the_cli(tmp_path) -> None:
     result = json.loads(out.read_text())
     assert result["record"]["command"].startswith("trajtok bench label")
     assert result["speed"]["clips_per_s_per_core_cpu"] > 0
+
+
+def test_bench_pipeline_through_the_cli(tmp_path) -> None:
+    out = tmp_path / "pipeline.json"
+    args = "--clips 2 --clips-per-shard 1 --frames 4 --size 64"
+    assert main(["bench", "pipeline", *args.split(), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for source in ("vtest.avi 768x576 MPEG-4", "480x360 H.264"):
+        for work in ("no labels", "classical"):
+            entry = result[f"{source}, {work}"]
+            assert entry["single_process"]["clips_per_cpu_s"] > 0
+            assert entry["ray_1_workers"]["steady_clips_per_s"] > 0
+            assert entry["ray_2_workers"]["workers_used"] == 2
+        stages = result[f"{source}, CPU per clip by stage"]
+        assert set(stages) == {"pyav", "decord"} and all(cost["encode_ms"] > 0 for cost in stages.values())
+    assert result["object_store"]["plan_bytes"] < 100 * 1024  # rows travel, frames do not

@@ -1,4 +1,4 @@
-"""`trajtok bench model|data|label [options]`: the benchmarks behind BENCHMARKS.md, one command each.
+"""`trajtok bench model|data|label|pipeline [options]`: the benchmarks behind BENCHMARKS.md, one command each.
 
 The benchmark code lives in `bench/` of the source checkout, one script per benchmark, and each script also
 runs alone (`python bench/bench_model.py ...`). Everything after the benchmark's name goes to its script,
@@ -26,6 +26,11 @@ BENCHMARKS = {  # name -> (script, help)
         "decode clips/s per core (decord, PyAV), loader clips/s per worker, loader workers per GPU",
     ),
     "label": ("bench_label", "pseudo-labeller clips/s per core (classical) and per GPU (sam2), and quality"),
+    "pipeline": (
+        "bench_pipeline",
+        "sharding job clips/s and clips per CPU second, one process vs Ray with 1 and 2 workers, with and "
+        "without labels; CPU per clip by stage and decoder",
+    ),
 }
 
 

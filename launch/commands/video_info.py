@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--backend",
         choices=["auto", "decord", "pyav"],
         default="auto",
-        help="decoder to use; auto tries decord and falls back to PyAV (default: auto)",
+        help="decoder to use; auto is PyAV, decord is there to compare (default: auto)",
     )
     parser.add_argument(
         "--timeout",

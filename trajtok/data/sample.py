@@ -309,7 +309,7 @@ def _check_entries(entries: Mapping[str, Any], meta: SampleMeta, key: str) -> No
 
 
 def _decode_frames(sample: Mapping[str, Any], meta: SampleMeta, key: str) -> np.ndarray:
-    from trajtok.data.video import open_video  # decord/PyAV load only where frames are decoded
+    from trajtok.data.video import open_video  # the decoders load only where frames are decoded
 
     expected = (meta.frame_count, meta.height, meta.width, 3)
     if "mp4" in sample:
