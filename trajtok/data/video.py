@@ -51,6 +51,7 @@ Backend = Literal["auto", "decord", "pyav"]
 SamplingMode = Literal["middle", "random"]
 
 DEFAULT_TIMEOUT = 60.0
+PROBE_FRAMES = 6  # decoded at open: frames misordered by their timestamps show within the first few
 
 _abandoned: list[threading.Thread] = []  # decoder threads still running past their deadline
 
@@ -66,7 +67,11 @@ class VideoInfo:
 
     `num_frames` counts frames that decode; `duration` runs from the first frame's start to the last
     frame's end; `fps` is `num_frames / duration`, the container's rate for constant-rate files and
-    lower where the container declares frames that are not there.
+    lower where the container declares frames that are not there. `width` and `height` are those of the
+    frames as read: upright (`rotation`, degrees counterclockwise, applied from the display matrix) and
+    with square pixels (`sample_aspect_ratio` applied to the width). `timestamps` says where frame times
+    come from: "container" (checked to name the frames in display order) or "derived" (frame number /
+    the stream's rate, for files whose timestamps do not; those are read by a sequential decode).
     """
 
     source: str
@@ -76,6 +81,9 @@ class VideoInfo:
     width: int
     height: int
     duration: float
+    timestamps: str = "container"
+    rotation: int = 0
+    sample_aspect_ratio: float = 1.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -89,11 +97,24 @@ class _DecodeTimeout(VideoDecodeError):
     """A decoder call outlived its deadline; its thread still runs and owns the decoder."""
 
 
+class _Untrusted(Exception):
+    """The file's timestamps do not name its frames in display order; it is read by counting frames.
+
+    `count` is the number of frames a sequential decode gave, where one was already made (else None).
+    """
+
+    def __init__(self, reason: str, count: int | None = None):
+        super().__init__(reason)
+        self.count = count
+
+
 class _DecordBackend:
     """decord's reader. Its frame count is the number of packets it indexed at open, which need not all
     decode; `open_video` proves the count by decoding the last frame."""
 
     name = "decord"
+    timestamps = "container"
+    rotation, sample_aspect_ratio = 0, 1.0  # frames come as stored: decord reads no display matrix
 
     def __init__(self, path: str):
         try:
@@ -125,18 +146,27 @@ class _DecordBackend:
 
 
 class _PyAVBackend:
-    """Frames indexed by their presentation timestamps, found by demuxing (cheap: no decoding).
+    """PyAV's reader: by the container's timestamps where they prove right, else by counting frames.
 
-    The last group of pictures is decoded at open and frames it lacks are dropped from the index, which
-    makes the count right for truncated files. Reads seek to the keyframe before each wanted frame unless
-    decoding on from the current position is shorter, and check where each seek landed. Where the container
-    flags keyframes that do not decode as such (an AVI cut short flags every packet after its index ends),
-    the whole video is decoded once at open to find the real ones.
+    Trusted (`timestamps = "container"`): frames are indexed by their presentation timestamps, found by
+    demuxing (cheap: no decoding). The first `PROBE_FRAMES` frames are decoded at open and must come out
+    in the order of the sorted packet timestamps (B-frames stamped with their decoding times, or packed
+    in old AVI files, break this within a few frames); the last group of pictures is decoded too, frames
+    it lacks are dropped (a truncated file) and its frames must come out in order as well. Reads seek to
+    the keyframe before each wanted frame unless decoding on is shorter, and check where each seek
+    landed and that every frame after it comes out in timestamp order. Where the container flags
+    keyframes that do not decode as such (an AVI cut short flags every packet after its index ends), the
+    whole video is decoded once at open to find the real ones.
 
     While `decode` runs, packets of frames it does not want are decoded with `skip_frame=NONREF`: the
     decoder drops them only if no other frame refers to them, so every wanted frame is exact. If a file's
     packet timestamps do not match its frames' (the skip would then hit a wanted frame), the read is
-    repeated without skipping.
+    repeated without skipping; if the frames still do not come out as their timestamps say, the reader
+    falls back to counting.
+
+    Untrusted (`timestamps = "derived"`): frame i is the i-th picture the decoder outputs (what players
+    show), the whole file is decoded once at open to count them, timestamps are i / the stream's average
+    rate, and reads decode sequentially (from the current position when the frames asked for lie ahead).
     """
 
     name = "pyav"
@@ -147,72 +177,129 @@ class _PyAVBackend:
         self._stream = self._container.streams.video[0]
         self._damaged = False  # the decoder saw bad data; some (cinepak) never recover, even when flushed
         self._wanted: frozenset[int] | None = None  # pts that the running `decode` needs; None: all
+        self._position: int | None = None  # pts of the last frame the decoder produced
+        self._frames: Iterator[av.VideoFrame] = iter(())
+        self._in_order: Iterator[tuple[int, av.VideoFrame]] | None = None  # sequential reads: (index, frame)
+        self._next_index = 0  # the index `_in_order` yields next
+        self._geometry: tuple[int, int, int, float] | None = None  # coded height, width, rotation, SAR
         try:
-            self._index()
+            try:
+                self._index_timestamps()
+            except _Untrusted as untrusted:
+                self._index_by_counting(untrusted.count)
         except BaseException:
             self._container.close()
             raise
+        coded_height, coded_width, self.rotation, self.sample_aspect_ratio = self._geometry
+        display = (coded_height, max(1, round(coded_width * self.sample_aspect_ratio)))
+        self.height, self.width = display if self.rotation in (0, 180) else display[::-1]
 
-    def _index(self) -> None:
-        pts, self._keyframes = self._index_packets()
+    # --- indexing ---------------------------------------------------------------------------------------
+    def _index_timestamps(self) -> None:
+        if self._stream.time_base is None or self._stream.time_base <= 0:
+            raise _Untrusted("the stream's time base is not positive")
+        pts, keyframes = self._index_packets()
+        pts = self._check_first_frames(pts)
+        self._keyframes = sorted({k for k in keyframes if k > pts[0]} | {pts[0]})  # the start is valid
         self._pts, self._keyframes = self._check_last_group(pts, self._keyframes)
+        self._known = frozenset(self._pts)
+        self.timestamps = "container"
         self.times = (np.asarray(self._pts, dtype=np.float64) - self._pts[0]) * float(self._stream.time_base)
         rate = self._stream.average_rate or self._stream.guessed_rate
         self.frame_length = 1.0 / float(rate) if rate else _median_step(self.times)
-        self._position: int | None = None  # pts of the last frame the decoder produced
-        self._frames = iter(())
 
     def _index_packets(self) -> tuple[list[int], list[int]]:
-        pts, keyframes = set(), set()
+        pts, keyframes, packets = set(), set(), 0
         try:
             for packet in self._container.demux(self._stream):
-                if packet.size == 0:  # the flush packet, or an AVI "repeat the last frame" entry
+                if packet.size == 0 or packet.is_discard:  # flush, AVI "repeat" entries, cut by an edit list
                     continue
+                packets += 1
                 stamp = _stamp(packet)
                 if stamp is None:
-                    raise _Unreadable("video packets carry no timestamps (remux it into mp4 or mkv)")
+                    raise _Untrusted("video packets carry no timestamps")
                 pts.add(stamp)
                 if packet.is_keyframe:
                     keyframes.add(stamp)
         except av.error.FFmpegError:
-            pass  # damaged or missing data ends the index; the tail check below confirms what decodes
+            pass  # damaged or missing data ends the index; the decoding checks confirm what decodes
         if not pts:
             raise _Unreadable("no video frames")
-        pts = sorted(pts)
-        keyframes.add(pts[0])  # the start is always a valid place to decode from
-        return pts, sorted(keyframes)
+        if len(pts) < packets:
+            raise _Untrusted("several video packets carry the same timestamp")
+        return sorted(pts), sorted(keyframes)
+
+    def _check_first_frames(self, pts: list[int]) -> list[int]:
+        """The index from the first frame that decodes, once the first frames prove it names them in order."""
+        stamps = [_stamp(frame) for frame in self._first_frames(self._frames_after(None), PROBE_FRAMES)]
+        if not stamps or None in stamps:
+            raise _Untrusted("the first frames carry no timestamps")
+        first = bisect.bisect_left(pts, stamps[0])
+        if stamps != pts[first : first + len(stamps)]:
+            raise _Untrusted("the first frames do not come out in timestamp order")
+        return pts[first:]
+
+    def _first_frames(self, frames: Iterator[av.VideoFrame], count: int | None) -> Iterator[av.VideoFrame]:
+        """Up to `count` frames (None: all), noting the picture's geometry from the first."""
+        for number, frame in enumerate(frames):
+            if count is not None and number >= count:
+                return
+            if self._geometry is None:
+                self._geometry = (frame.height, frame.width, _upright_rotation(frame), self._pixel_aspect())
+            yield frame
+
+    def _pixel_aspect(self) -> float:
+        """The sample (pixel) aspect ratio, the container's where it sets one (as ffmpeg's guess does)."""
+        for ratio in (self._stream.sample_aspect_ratio, self._stream.codec_context.sample_aspect_ratio):
+            if ratio is not None and ratio > 0:
+                return float(ratio)
+        return 1.0
 
     def _check_last_group(self, pts: list[int], keyframes: list[int]) -> tuple[list[int], list[int]]:
         """Drop the frames of the last group of pictures that do not decode; check its keyframe flag."""
         while keyframes:
             key = keyframes[-1]
-            starts_group = {}
+            stamps, starts_group = [], {}
             for frame in self._decode_from(key):
-                starts_group[_stamp(frame)] = _starts_group(frame)
-                self.width, self.height = frame.width, frame.height
+                stamp = _stamp(frame)
+                stamps.append(stamp)
+                starts_group[stamp] = _starts_group(frame)
             if key != pts[0] and starts_group.get(key) is False:
-                return self._decode_all(pts[0])
-            tail = [p for p in pts if p >= key and p in starts_group]
+                return self._decode_all()
+            tail = [s for s in stamps if s is None or s >= key]
+            if not _strictly_rising(tail) or not set(tail) <= set(pts):
+                raise _Untrusted("the last frames do not come out in timestamp order")
             if tail:
                 return [p for p in pts if p < key] + tail, keyframes
             keyframes.pop()
             pts = [p for p in pts if p < key]
         raise _Unreadable("no decodable video frames")
 
-    def _decode_all(self, start: int) -> tuple[list[int], list[int]]:
+    def _decode_all(self) -> tuple[list[int], list[int]]:
         """Every frame that decodes and the real keyframes among them (slow: only for lying containers)."""
-        decoded, keyframes = set(), set()
-        for frame in self._decode_from(start):
-            stamp = _stamp(frame)
-            decoded.add(stamp)
+        stamps, keyframes = [], set()
+        for frame in self._first_frames(self._frames_after(None), None):
+            stamps.append(_stamp(frame))
             if _starts_group(frame):
-                keyframes.add(stamp)
-            self.width, self.height = frame.width, frame.height
-        if not decoded:
+                keyframes.add(stamps[-1])
+        if not stamps:
             raise _Unreadable("no decodable video frames")
-        decoded = sorted(decoded)
-        return decoded, sorted(keyframes | {decoded[0]})
+        if not _strictly_rising(stamps):
+            raise _Untrusted("frames do not come out in timestamp order", count=len(stamps))
+        return stamps, sorted(keyframes | {stamps[0]})
 
+    def _index_by_counting(self, count: int | None) -> None:
+        """Frame i is the i-th picture out of the decoder; times follow from the stream's average rate."""
+        if count is None:
+            count = sum(1 for _ in self._first_frames(self._frames_after(None), None))
+        if not count:
+            raise _Unreadable("no decodable video frames")
+        self.timestamps = "derived"
+        self._count = count
+        self.frame_length = 1.0 / _declared_rate(self._stream)
+        self.times = np.round(np.arange(count) * self.frame_length, 6)
+
+    # --- decoding ---------------------------------------------------------------------------------------
     def _decode_from(self, key: int) -> Iterator[av.VideoFrame]:
         """Frames from the keyframe `key` (or an earlier point) onwards; damaged packets are skipped.
 
@@ -252,27 +339,22 @@ class _PyAVBackend:
             return
 
     def decode(self, indices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        try:
-            return self._decode_each(indices, size, skip_unwanted=True)
-        except _Unreadable:
-            return self._decode_each(indices, size, skip_unwanted=False)
+        if self.timestamps == "derived":
+            return self._decode_in_order(indices, size)
+        for skip_unwanted in (True, False):
+            try:
+                return self._decode_each(indices, size, skip_unwanted)
+            except _Untrusted:
+                continue
+        self._switch_to_counting()
+        return self._decode_in_order(indices, size)
 
     def _decode_each(self, indices: np.ndarray, size: tuple[int, int], skip_unwanted: bool) -> np.ndarray:
         # Each call seeks afresh: packets an earlier call skipped may hold frames this one wants.
         self._position = None
         self._wanted = frozenset(self._pts[i] for i in indices) if skip_unwanted else None
-        height, width = size
-        shrinking = height <= self.height and width <= self.width
-        interpolation = "AREA" if shrinking else "BILINEAR"  # as `resize_frames`: area down, bilinear up
         try:
-            return np.stack(
-                [
-                    self._decode_one(int(i)).to_ndarray(
-                        format="rgb24", width=width, height=height, interpolation=interpolation
-                    )
-                    for i in indices
-                ]
-            )
+            return np.stack([self._picture(self._decode_one(int(i)), size) for i in indices])
         finally:
             self._wanted = None
 
@@ -280,21 +362,60 @@ class _PyAVBackend:
         target = self._pts[index]
         key = self._keyframes[bisect.bisect_right(self._keyframes, target) - 1]
         if self._position is None or self._position >= target or key > self._position:
-            self._frames = self._decode_from(key)
+            self._frames, self._position = self._decode_from(key), None
         for frame in self._frames:
-            self._position = _stamp(frame)
-            if self._position is not None and self._position >= target:
+            stamp = _stamp(frame)
+            if stamp not in self._known or (self._position is not None and stamp <= self._position):
+                self._position = None
+                raise _Untrusted(f"frame {index}: the frames after a seek do not come out in timestamp order")
+            self._position = stamp
+            if stamp >= target:
                 break
         else:
             self._position = None
-            raise _Unreadable(f"frame {index} did not decode")
+            raise _Untrusted(f"frame {index} did not decode")
         if self._position != target:
             self._position = None
-            raise _Unreadable(f"frame {index} did not decode (the decoder skipped to a later frame)")
+            raise _Untrusted(f"frame {index} did not decode (the decoder skipped to a later frame)")
         return frame
+
+    def _switch_to_counting(self) -> None:
+        """Read by counting from now on; only possible if counting finds the frames the index promised."""
+        count = sum(1 for _ in self._frames_after(None))
+        if count != len(self._pts):
+            raise _Unreadable(
+                f"its timestamps proved wrong while reading ({len(self._pts)} frames indexed, {count} decode)"
+            )
+        self.timestamps, self._count = "derived", count
+
+    def _decode_in_order(self, indices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """The frames at these (sorted) indices by a sequential decode, resumed where the last one ended."""
+        pictures = []
+        wanted = iter(indices.tolist())
+        target = next(wanted)
+        if self._in_order is None or self._next_index > target:
+            self._in_order, self._next_index = enumerate(self._frames_after(None)), 0
+        for index, frame in self._in_order:
+            self._next_index = index + 1
+            if index == target:
+                pictures.append(self._picture(frame, size))
+                target = next(wanted, None)
+                if target is None:
+                    return np.stack(pictures)
+        self._in_order = None
+        raise _Unreadable(f"frame {target} did not decode")
+
+    def _picture(self, frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
+        """The frame upright, with square pixels, at `size` (h, w), converted and resized by swscale."""
+        height, width = size if self.rotation in (0, 180) else size[::-1]
+        shrinking = height <= frame.height and width <= frame.width
+        interpolation = "AREA" if shrinking else "BILINEAR"  # as `resize_frames`: area down, bilinear up
+        picture = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation=interpolation)
+        return np.rot90(picture, self.rotation // 90) if self.rotation else picture
 
     def close(self) -> None:
         self._frames = iter(())
+        self._in_order = None
         self._container.close()
 
 
@@ -309,6 +430,23 @@ def _stamp(item: av.Packet | av.VideoFrame) -> int | None:
 def _starts_group(frame: av.VideoFrame) -> bool:
     """Whether decoding can start at this frame: a keyframe, or an intra picture (H.264 open GOP)."""
     return bool(frame.key_frame) or frame.pict_type == PictureType.I
+
+
+def _strictly_rising(stamps: Sequence[int | None]) -> bool:
+    return None not in stamps and all(a < b for a, b in zip(stamps, stamps[1:]))
+
+
+def _upright_rotation(frame: av.VideoFrame) -> int:
+    """Degrees (0, 90, 180 or 270, counterclockwise) that turn the coded picture the way a player shows it."""
+    return round(frame.rotation / 90) * 90 % 360
+
+
+def _declared_rate(stream: av.video.stream.VideoStream) -> float:
+    """Frames per second as the stream declares them; 25 (PAL) where it declares nothing usable."""
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate and 0 < float(rate) <= 1000:
+            return float(rate)
+    return 25.0
 
 
 _BACKENDS = {"decord": _DecordBackend, "pyav": _PyAVBackend}
@@ -481,6 +619,9 @@ def open_video(
         width=int(opened.width),
         height=int(opened.height),
         duration=round(duration, 6),
+        timestamps=opened.timestamps,
+        rotation=opened.rotation,
+        sample_aspect_ratio=round(opened.sample_aspect_ratio, 6),
     )
     return VideoReader(opened, info, timeout, spill)
 
