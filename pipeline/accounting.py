@@ -24,6 +24,7 @@ class RowOutcome:
     status: str  # written | skipped | failed
     reason: str = ""
     keys: list[str] = field(default_factory=list)
+    sequential_decode: bool = False  # its video's timestamps could not be trusted: read frame by frame
 
 
 @dataclass
@@ -72,6 +73,7 @@ def summarize(
         "trajectories": sum(s.trajectories for s in stats),
         "bytes": sum(s.bytes for s in stats),
         "shards": len(stats),
+        "sequential_decode_rows": sum(o.sequential_decode for o in outcomes if o.status == WRITTEN),
         "skipped_rows": [_brief(o) for o in outcomes if o.status == SKIPPED],
         "failed_rows": [_brief(o) for o in outcomes if o.status == FAILED],
     }

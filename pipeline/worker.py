@@ -103,7 +103,9 @@ class ShardWorker:
             return RowOutcome(row.line, row.path, SKIPPED, skip_reason(err)), []
         except Exception as err:  # a bug or a labeler crash: recorded against the row, the shard goes on
             return RowOutcome(row.line, row.path, FAILED, f"{type(err).__name__}: {err}"), []
-        return RowOutcome(row.line, row.path, WRITTEN, keys=[s["__key__"] for s, _, _ in samples]), samples
+        keys = [s["__key__"] for s, _, _ in samples]
+        sequential = any(clip.info.timestamps == "derived" for _, clip, _ in samples)
+        return RowOutcome(row.line, row.path, WRITTEN, keys=keys, sequential_decode=sequential), samples
 
     def _samples(self, row: ManifestRow) -> Iterator[tuple[dict[str, Any], Clip, int]]:
         """The row's clips, labelled `batch_size` at a time (what a GPU labeler wants), as samples."""
@@ -141,6 +143,7 @@ def clip_sample(
         source_fps=clip.info.fps if clip.info.fps > 0 else None,
         source_width=clip.info.width,
         source_height=clip.info.height,
+        source_decode={k: getattr(clip.info, k) for k in ("timestamps", "rotation", "sample_aspect_ratio")},
         labeler=labeler_info,
         frame_format=frame_format,
         extra=_extra(row),

@@ -31,6 +31,7 @@ from pipeline.dispatch import WorkerStatus, run_shards
 from pipeline.job import cluster_workers, run_shard_job, worker_gpus
 from pipeline.plan import ShardPlan, plan_shards
 from pipeline.shard_report import inspect_shards
+from tests.video_corpus import gradient, write_packed_b_frames_avi
 from trajtok.config import JobConfig, SynthConfig, load_config
 from trajtok.data.encode import write_video
 from trajtok.data.sample import decode_sample, validate_sample
@@ -60,6 +61,8 @@ EXPECTED = {
     17: ("skipped", "bad row"),  # not JSON
     18: ("skipped", "duplicate"),  # the same video and window as line 1
     19: ("written", ""),  # a path with ../ segments and a hostile id: read, never written outside out
+    20: ("written", ""),  # packed B-frames in AVI: timestamps that lie, read by a sequential decode
+    21: ("written", ""),  # a display matrix: frames turned upright
 }
 OVERRIDES = ["clip.frames=8", "clip.size=64", "clip.clips_per_video=2", "pipeline.clips_per_shard=4"]
 
@@ -125,6 +128,19 @@ def mixed_manifest(tmp_path_factory, shared_videos: Path) -> Path:
             }
         ),
     ]
+    rotated = root / "portrait.mp4"
+    with av.open(str(rotated), mode="w") as output:
+        stream = output.add_stream("libx264", rate=25)
+        stream.height, stream.width, stream.pix_fmt = 48, 64, "yuv420p"
+        stream.set_display_rotation(90)
+        for image in gradient(24):
+            output.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        output.mux(stream.encode())
+    packed = write_packed_b_frames_avi(root / "packed.avi", gradient())
+    rows += [
+        json.dumps({"video": str(packed), "caption": "packed B-frames"}),
+        json.dumps({"video": str(rotated), "caption": "a phone held upright"}),
+    ]
     manifest = root / "manifest.jsonl"
     manifest.write_text("\n".join(rows) + "\n")
     return manifest
@@ -166,8 +182,9 @@ def test_every_row_is_accounted_for(finished_job):
                 line,
                 outcomes[line],
             )
-    # 6 synthetic videos (one by the ../ row) and 2 real ones give 2 clips each, the image 1
-    assert summary["clips"] == 2 * 6 + 2 * 2 + 1
+    # 6 synthetic videos (one by the ../ row), 2 real ones and 2 trap files give 2 clips each, the image 1
+    assert summary["clips"] == 2 * 6 + 2 * 2 + 2 * 2 + 1
+    assert summary["sequential_decode_rows"] == 1  # the packed AVI: read the slow way, written, counted
     assert summary["run"]["shards_written"] == summary["shards"] == summary["run"]["shards_planned"]
 
 
@@ -193,6 +210,11 @@ def test_shards_read_back_with_webdataset_and_validate(finished_job):
     assert images == 1
     two = [decode_sample(s) for s in samples if decode_sample(s).meta.captions == ["two", "captions"]]
     assert len(two) == 2 and {c.meta.clip_index for c in two} == {0, 1}
+    decoding = {c.meta.source.rsplit("/", 1)[-1]: c.meta.source_decode for c in map(decode_sample, samples)}
+    assert decoding["packed.avi"] == {"timestamps": "derived", "rotation": 0, "sample_aspect_ratio": 1.0}
+    assert decoding["portrait.mp4"] == {"timestamps": "container", "rotation": 90, "sample_aspect_ratio": 1.0}
+    portrait = [c for c in map(decode_sample, samples) if c.meta.source.endswith("portrait.mp4")]
+    assert portrait[0].frames.shape[1:3] == (86, 64) and portrait[0].meta.source_width == 48  # upright
 
 
 def test_nothing_is_written_outside_out(finished_job, mixed_manifest: Path):

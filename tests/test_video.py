@@ -407,7 +407,8 @@ def test_video_info_command_prints_json_and_one_error_line_per_bad_file(shared_v
         *("source", "backend", "fps", "num_frames", "width", "height", "duration"),
         *("timestamps", "rotation", "sample_aspect_ratio"),
     }
-    assert (rows[0]["timestamps"], rows[0]["rotation"], rows[0]["sample_aspect_ratio"]) == ("container", 0, 1.0)
+    decoding = (rows[0]["timestamps"], rows[0]["rotation"], rows[0]["sample_aspect_ratio"])
+    assert decoding == ("container", 0, 1.0)
     assert err.splitlines() == [
         f"trajtok video-info: error: {paths[1]}: not a readable video (invalid data found when processing "
         "input)",

@@ -71,6 +71,7 @@ class SampleMeta:
     labeler: LabelerInfo | None
     num_trajectories: int | None
     extra: dict[str, Any] = field(default_factory=dict)
+    source_decode: dict[str, Any] = field(default_factory=dict)  # timestamps, rotation, pixel aspect applied
     schema_version: int = SCHEMA_VERSION
 
 
@@ -116,6 +117,7 @@ def build_sample(
     labeler: LabelerInfo | Mapping[str, Any] | None,
     frame_format: str = "mp4",
     extra: Mapping[str, Any] | None = None,
+    source_decode: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One clip -> the entries of its WebDataset sample (`__key__` plus bytes), checked against the contract.
 
@@ -160,6 +162,7 @@ def build_sample(
         "labeler": _labeler_dict(labeler),
         "num_trajectories": None if labels is None else count_trajectories(labels),
         "extra": dict(extra or {}),
+        "source_decode": dict(source_decode or {}),
     }
     key = sample_key(source, raw["clip_index"], raw["clip_start"], raw["clip_end"])
     try:
@@ -346,7 +349,7 @@ def _check_meta(raw: Any, key: str) -> SampleMeta:
     if not isinstance(raw, dict):
         raise bad("json", "expected a JSON object")
     names = {f.name for f in dataclasses.fields(SampleMeta)}
-    for name in sorted(names - {"extra"}):
+    for name in sorted(names - {"extra", "source_decode"}):  # both optional: older shards lack them
         if name not in raw:
             raise bad(name, "missing")
     unknown = sorted(set(raw) - names)
@@ -411,6 +414,9 @@ def _check_meta(raw: Any, key: str) -> SampleMeta:
     extra = raw.get("extra", {})
     if not isinstance(extra, dict):
         raise bad("extra", "expected a JSON object")
+    source_decode = raw.get("source_decode", {})
+    if not isinstance(source_decode, dict):
+        raise bad("source_decode", "expected a JSON object")
     return SampleMeta(
         captions=captions,
         source=source,
@@ -427,6 +433,7 @@ def _check_meta(raw: Any, key: str) -> SampleMeta:
         labeler=labeler,
         num_trajectories=num_trajectories,
         extra=extra,
+        source_decode=source_decode,
         schema_version=version,
     )
 
