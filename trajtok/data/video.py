@@ -1,17 +1,34 @@
 """Video decoding: open a path, URI or bytes, report what it holds, read frames by index or time, sample.
 
-Frames are read with PyAV (`backend="auto"`), from an index of presentation timestamps built at open. The
-frame count is always the *decodable* count: packets the file really holds (not the container's claim:
-tree.avi declares 444 frames and holds 68), with the last group of pictures decoded at open, so every index
-can be read. Reads are cheap where it counts for the pipeline: one decoder thread (the jobs parallelise
-over processes, and ffmpeg's own threads cost 20% more CPU per frame), frames nobody asked for and nothing
-refers to (B-frames) are skipped, and a requested `size` is produced by swscale in the same pass as the
-colour conversion (a sixth of the cost of converting at full size and resizing after).
+The reference for every read is a plain sequential decode: frame i is the i-th picture the decoder
+outputs, as players show it, turned upright by the display matrix and with square pixels. Real-world
+files break timestamps in ways that look valid: an H.264 mp4 from a common library's video writer
+stamps B-frames with their decoding times (pts == dts), so frames come out stamped 0, 4, 2, 6, 1, ...;
+AVIs from DivX/Xvid pack a B-frame into the chunk of the P-frame after it, so packet stamps 1, 2, 3
+come out as frames 1, 3, 2. An index built on such stamps asks the decoder for frames in an order it
+never produces. So the container's timestamps are trusted (`VideoInfo.timestamps == "container"`)
+only where checks show they name the frames in display order: every packet carries a distinct stamp,
+the first `PROBE_FRAMES` frames and the last group of pictures decode in the order of the sorted
+stamps (misorder shows within a few frames: it is a property of the writer, not of a scene), and
+every later read checks again that each frame after a seek comes out in stamp order. Only then are
+the fast paths used: seeking to keyframes, skipping unreferenced frames nobody asked for
+(`skip_frame=NONREF`: 48% of an x264 stream's frames), and producing the requested size in swscale's
+colour conversion (a sixth of the cost of converting at full size and resizing after). Elsewhere
+(`"derived"`) the whole file is decoded once at open to count its frames, times are frame number / the
+stream's rate, and reads decode sequentially from the top (or on from the last read when the frames
+asked for lie ahead); a read that finds the stamps wrong after open switches the reader to that mode.
+The checks at open cost 6 decoded frames (12-20 ms on 480x360 to 768x576 files); reads of trusted
+files cost what they did before (BENCHMARKS.md, video reader).
 
-decord (DESIGN's first choice) is still there on request (`backend="decord"`), but not the default: it was
-no faster than PyAV on any file measured, its reader keeps a thread spinning a whole core after each read
-until the next seek, a check against PyAV's index cost 25-35 ms per open, and without one it returns wrong
-frames from MPEG-TS (it seeks late), AVI with B-frames (misordered) and AVI cut short (false keyframes).
+The frame count is always the *decodable* count: not the container's claim (tree.avi declares 444
+frames and holds 68), packets cut by an edit list excluded, the last group decoded at open, so every
+index can be read. One decoder thread per reader: the jobs parallelise over processes, and ffmpeg's
+own threads cost 20% more CPU per frame.
+
+decord is still there on request (`backend="decord"`, frames as stored: no rotation or pixel aspect),
+but not the default: it was no faster than PyAV on any file measured, its reader keeps a thread
+spinning a whole core after each read until the next seek, and it returns wrong frames from MPEG-TS
+(it seeks late), AVI with B-frames (misordered) and AVI cut short (false keyframes).
 
 Every decoder call runs in a daemon thread with a deadline. decord and PyAV release the GIL while they
 decode or block on I/O, so the caller regains control on time; the stuck thread cannot be killed and is
