@@ -1,4 +1,4 @@
-"""`trajtok bench model|data|label|pipeline [options]`: the benchmarks behind BENCHMARKS.md, one command each.
+"""`trajtok bench NAME [options]`: the benchmarks behind BENCHMARKS.md, one command each.
 
 The benchmark code lives in `bench/` of the source checkout, one script per benchmark, and each script also
 runs alone (`python bench/bench_model.py ...`). Everything after the benchmark's name goes to its script,
@@ -30,6 +30,10 @@ BENCHMARKS = {  # name -> (script, help)
         "bench_pipeline",
         "sharding job clips/s and clips per CPU second, one process vs Ray with 1 and 2 workers, with and "
         "without labels; CPU per clip by stage and decoder",
+    ),
+    "reader": (
+        "bench_reader_revisions",
+        "the video reader of another git revision (--base REV) against this tree's, CPU ms per clip by stage",
     ),
 }
 
