@@ -35,10 +35,10 @@ def test_demo_end_to_end(tmp_path: Path):
     for model in results["models"]:
         r = model["retrieval"]
         mean_rank = (r["t2v_MeanR"] + r["v2t_MeanR"]) / 2
-        # A random ranking has mean rank 16.5 +- 1.6 here; 0.6 x chance is far outside its spread. The mean
-        # rank uses every held-out clip; R@5 over 32 clips moves in steps of 3 points and sat at exactly
-        # 2 x chance for trajvit2 on one run, so that quality bar lives in the benchmark, not in CI.
-        assert mean_rank < 0.6 * chance_mean_rank, (model["name"], r)
+        # A random ranking has mean rank 16.5 +- 1.6 here; 0.7 x chance (11.6) is 3 of its spreads below, and
+        # the trained models reached 9.5 (trajvit2) and 8.6 (vit3d). R@5 over 32 clips moves in steps of 3
+        # points and sat at exactly 2 x chance for trajvit2 on one run: that quality bar is the benchmark's.
+        assert mean_rank < 0.7 * chance_mean_rank, (model["name"], r)
         assert model["train"]["train/tokens_per_clip/mean"] > 0
     trajvit2 = next(m for m in results["models"] if m["name"] == "trajvit2")
     assert 0 < trajvit2["segmentation"]["mean_best_overlap"] <= 1
