@@ -312,7 +312,6 @@ class _PyAVBackend:
         if not count:
             raise _Unreadable("no decodable video frames")
         self.timestamps = "derived"
-        self._count = count
         self.frame_length = 1.0 / _declared_rate(self._stream)
         self.times = np.round(np.arange(count) * self.frame_length, 6)
 
@@ -403,7 +402,7 @@ class _PyAVBackend:
             raise _Unreadable(
                 f"its timestamps proved wrong while reading ({len(self._pts)} frames indexed, {count} decode)"
             )
-        self.timestamps, self._count = "derived", count
+        self.timestamps = "derived"
 
     def _decode_in_order(self, indices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         """The frames at these (sorted) indices by a sequential decode, resumed where the last one ended."""
