@@ -24,6 +24,7 @@ import pytest
 import ray
 import webdataset as wds
 from mlflow import MlflowClient
+from video_corpus import gradient, write_packed_b_frames_avi
 
 from launch.cli import main
 from pipeline.accounting import FAILED, WRITTEN, RowOutcome, ShardStats
@@ -31,7 +32,6 @@ from pipeline.dispatch import WorkerStatus, run_shards
 from pipeline.job import cluster_workers, run_shard_job, worker_gpus
 from pipeline.plan import ShardPlan, plan_shards
 from pipeline.shard_report import inspect_shards
-from tests.video_corpus import gradient, write_packed_b_frames_avi
 from trajtok.config import JobConfig, SynthConfig, load_config
 from trajtok.data.encode import write_video
 from trajtok.data.sample import decode_sample, validate_sample

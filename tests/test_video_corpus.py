@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from video_corpus import CORPUS, sequential_reference, write_corpus
 
 from launch.cli import main as cli_main
-from tests.video_corpus import CORPUS, sequential_reference, write_corpus
 from trajtok.data import video as video_module
 from trajtok.data.video import open_video
 
