@@ -29,6 +29,7 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -113,18 +114,21 @@ def single_process(cfg: JobConfig) -> dict[str, float]:
     }
 
 
-def stage_costs(video: Path, backend: str, args: argparse.Namespace, clips: int = 12) -> dict[str, float]:
-    """CPU milliseconds per clip of each stage, one thread: open the video, decode 16 frames of a 4 s
-    window at the clip size, encode them (as `clip_sample` does)."""
+def stage_costs(
+    video: Path, backend: str, args: argparse.Namespace, clips: int = 12, opener: Callable = open_video
+) -> dict[str, float]:
+    """CPU milliseconds per clip of each stage, one thread: open the video (with `opener`, `open_video` unless
+    another reader is compared), decode 16 frames of a 4 s window at the clip size, encode them (as
+    `clip_sample` does)."""
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    with open_video(video) as opened:
+    with opener(video) as opened:
         duration = opened.info.duration
     totals: dict[str, float] = defaultdict(float)
     for i in range(clips):
         start = i * (duration - 4.2) / (clips - 1)
         began = time.process_time()
-        reader = open_video(video, backend=backend)
+        reader = opener(video, backend=backend)
         opened_at = time.process_time()
         size = short_side_size(reader.info.height, reader.info.width, args.size, multiple=2)
         frames, _ = reader.sample_clip(args.frames, "middle", start, start + 4.0, size=size)

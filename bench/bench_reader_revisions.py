@@ -39,6 +39,7 @@ def reader_at(revision: str, folder: Path) -> ModuleType:
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("video_at_base", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -58,11 +59,9 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {}
     for _ in range(args.rounds):
         for label, reader in readers.items():
-            bench_pipeline.open_video = reader.open_video
             for name, path in sources.items():
-                runs.setdefault(f"{name} | {label}", []).append(
-                    bench_pipeline.stage_costs(path, "pyav", stage_args)
-                )
+                costs = bench_pipeline.stage_costs(path, "pyav", stage_args, opener=reader.open_video)
+                runs.setdefault(f"{name} | {label}", []).append(costs)
     summary = {
         key: {
             stage: {

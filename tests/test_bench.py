@@ -111,3 +111,11 @@ def test_bench_pipeline_through_the_cli(tmp_path) -> None:
         stages = result[f"{source}, CPU per clip by stage"]
         assert set(stages) == {"pyav", "decord"} and all(cost["encode_ms"] > 0 for cost in stages.values())
     assert result["object_store"]["plan_bytes"] < 100 * 1024  # rows travel, frames do not
+
+
+def test_bench_reader_compares_a_revision_with_the_tree_through_the_cli(capsys) -> None:
+    assert main(["bench", "reader", "--base", "HEAD", "--rounds", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    sources, readers = ("vtest.avi", "h264 480x360"), ("HEAD", "working tree")
+    assert set(result) == {f"{source} | {reader}" for source in sources for reader in readers}
+    assert all(entry["decode_and_resize_ms"]["median"] > 0 for entry in result.values())

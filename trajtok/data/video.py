@@ -248,7 +248,7 @@ class _PyAVBackend:
 
     def _check_first_frames(self, pts: list[int]) -> list[int]:
         """The index from the first frame that decodes, once the first frames prove it names them in order."""
-        stamps = [_stamp(frame) for frame in self._first_frames(self._frames_after(None), PROBE_FRAMES)]
+        stamps = [_stamp(frame) for frame in self._noting_geometry(self._frames_after(None), PROBE_FRAMES)]
         if not stamps or None in stamps:
             raise _Untrusted("the first frames carry no timestamps")
         first = bisect.bisect_left(pts, stamps[0])
@@ -256,7 +256,7 @@ class _PyAVBackend:
             raise _Untrusted("the first frames do not come out in timestamp order")
         return pts[first:]
 
-    def _first_frames(self, frames: Iterator[av.VideoFrame], count: int | None) -> Iterator[av.VideoFrame]:
+    def _noting_geometry(self, frames: Iterator[av.VideoFrame], count: int | None) -> Iterator[av.VideoFrame]:
         """Up to `count` frames (None: all), noting the picture's geometry from the first."""
         for number, frame in enumerate(frames):
             if count is not None and number >= count:
@@ -295,7 +295,7 @@ class _PyAVBackend:
     def _decode_all(self) -> tuple[list[int], list[int]]:
         """Every frame that decodes and the real keyframes among them (slow: only for lying containers)."""
         stamps, keyframes = [], set()
-        for frame in self._first_frames(self._frames_after(None), None):
+        for frame in self._noting_geometry(self._frames_after(None), None):
             stamps.append(_stamp(frame))
             if _starts_group(frame):
                 keyframes.add(stamps[-1])
@@ -308,7 +308,7 @@ class _PyAVBackend:
     def _index_by_counting(self, count: int | None) -> None:
         """Frame i is the i-th picture out of the decoder; times follow from the stream's average rate."""
         if count is None:
-            count = sum(1 for _ in self._first_frames(self._frames_after(None), None))
+            count = sum(1 for _ in self._noting_geometry(self._frames_after(None), None))
         if not count:
             raise _Unreadable("no decodable video frames")
         self.timestamps = "derived"
