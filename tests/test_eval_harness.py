@@ -3,7 +3,6 @@ four tasks through `trajtok eval`, results in JSON and in MLflow under the train
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -15,12 +14,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import webdataset as wds
-from safetensors.torch import save_file
+from exported_runs import write_weights
 
 from launch.cli import main as cli
 from launch.commands._common import expand_aliases
 from launch.commands.eval import ALIASES
-from trajtok.config import ClipConfig, ModelConfig, load_config
+from trajtok.config import ClipConfig, load_config
 from trajtok.data.augment import center_clip
 from trajtok.data.sample import decode_sample
 from trajtok.data.synth_scene import COLOURS as SYNTH_COLOURS
@@ -29,7 +28,6 @@ from trajtok.errors import ConfigError
 from trajtok.eval.evalset import EvalClips, read_items
 from trajtok.eval.features import rank_batches
 from trajtok.eval.run import Evaluation, caption_list, evaluate, mlflow_metrics
-from trajtok.models.registry import build_model
 from trajtok.models.text import build_tokenizer
 from trajtok.models.trajectory_encoder import MAX_TOKENS_PER_TRAJECTORY
 from trajtok.tracking import RUN_ID_FILE, start_tracker
@@ -37,22 +35,6 @@ from trajtok.tracking import RUN_ID_FILE, start_tracker
 torch.set_num_threads(1)
 CLIP = ["clip.frames=8", "clip.size=32", "clip.sampling=middle"]
 COLOURS = list(SYNTH_COLOURS)
-
-
-def write_weights(run_dir: Path, name: str = "trajvit2", step: int = 5) -> Path:
-    """A randomly initialised tiny model saved the way training exports it (weights + configs in metadata)."""
-    model_cfg, clip_cfg = ModelConfig(name=name, size="tiny"), ClipConfig(frames=8, size=32)
-    torch.manual_seed(0)
-    model = build_model(model_cfg, clip_cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metadata = {
-        "model": json.dumps(dataclasses.asdict(model_cfg)),
-        "clip": json.dumps(dataclasses.asdict(clip_cfg)),
-        "step": str(step),
-        "source": "test",
-    }
-    save_file(model.state_dict(), str(run_dir / "weights.safetensors"), metadata=metadata)
-    return run_dir
 
 
 def labelled_manifest(synth: Path, out: Path, attribute: str, rows: slice = slice(None)) -> Path:

@@ -74,6 +74,7 @@ class ModelConfig:
     tome_r: int = 0  # vit3d + token merging (ToMe): tokens merged per transformer block; 0 = off
     channels_last: bool = False  # NHWC convolutions in the backbone (faster with bf16 on GPUs)
     compile: bool = False  # torch.compile each model part (GPU; costs start-up time)
+    init: str = ""  # warm start: a run dir or weights.safetensors whose matching parts load (train only)
 
 
 @dataclass

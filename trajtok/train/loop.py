@@ -37,6 +37,7 @@ from trajtok.train.checkpoint import (
 from trajtok.train.engine import build_engine, check_train_config, compute_dtype, set_lr
 from trajtok.train.metrics import TrainMeter, format_line
 from trajtok.train.schedule import lr_at
+from trajtok.train.warm_start import warm_start, weights_file
 from trajtok.viz import overlay_grid
 
 log = logging.getLogger("trajtok.train")
@@ -50,6 +51,8 @@ def check_job(cfg: JobConfig) -> None:
         raise ConfigError(f"model.name '{cfg.model.name}': train takes one of {', '.join(TRAINABLE)}")
     if not expand_shards(cfg.data.shards):
         raise ConfigError(f"data.shards '{cfg.data.shards}': names no shard")
+    if cfg.model.init:
+        weights_file(cfg.model.init)
     check_train_config(cfg.train, on_gpu=torch.cuda.is_available())
 
 
@@ -73,7 +76,12 @@ def main(cfg: JobConfig) -> int:
     # model and engine: the same seed on every rank, so the same initial weights and the same random draws
     # in the forward (tokens per trajectory), which keeps the ranks' work balanced
     torch.manual_seed(cfg.seed)
-    engine = build_engine(build_model(cfg.model, cfg.clip), cfg.train, world_size)
+    model = build_model(cfg.model, cfg.clip)
+    if cfg.model.init:  # every rank reads the same file, so the ranks start equal; a resume overrides it
+        started = warm_start(model, cfg.model.init)
+        if rank == 0:
+            log.info(started.describe())
+    engine = build_engine(model, cfg.train, world_size)
     dtype = compute_dtype(cfg.train)
 
     # resume: weights, optimizer, RNG and data position from the newest checkpoint (or the one named)
