@@ -1,7 +1,10 @@
 """The main job on built-in data: every stage of the production line, small, on one machine.
 
-synthetic videos -> pseudo-labels and shards (Ray) -> `trajvit2` and `vit3d` trained with DeepSpeed in local
-processes -> both evaluated on held-out synthetic clips -> MLflow runs, and a table that compares them.
+synthetic videos (or the user's `demo.train_manifest` / `demo.heldout_manifest`) -> pseudo-labels and shards
+(Ray) -> the release's two-stage recipe for `trajvit2` (the segmenter alone on the pseudo-labels, then the
+whole model warm-started from it, `model.init`) and `vit3d` for as many steps as both stages together, each
+with DeepSpeed in local processes -> all evaluated on the held-out clips -> MLflow runs, and a table that
+compares them, with each model's training steps and seconds.
 The shared real videos are labelled too, for pictures a person can look at. Each stage is the same code a
 user runs by hand (`trajtok synth`, `shard`, `train`, `eval`), so the demo is also their smoke test. Every
 stage is resumable: a rerun reuses the synthetic set, the finished shards and the trained runs.
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from trajtok.config import JobConfig, save_config
-from trajtok.errors import TrajTokError
+from trajtok.errors import ConfigError, TrajTokError
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov", ".webm"}
@@ -32,6 +35,8 @@ class ModelResult:
     retrieval: dict[str, float]
     train: dict[str, float]
     segmentation: dict[str, float] = field(default_factory=dict)
+    steps: int = 0  # training steps, every stage of this model's recipe together
+    train_seconds: float = 0.0  # wall-clock seconds of those steps on this machine
 
 
 @dataclass
@@ -75,6 +80,33 @@ def make_synthetic_sets(cfg: JobConfig, out: Path) -> tuple[Path, Path]:
     print(f"training set: {cfg.demo.train_videos} clips in {train.parent}")
     print(f"held-out set: {cfg.demo.heldout_videos} clips in {heldout.parent}")
     return train, heldout
+
+
+def data_sets(cfg: JobConfig, out: Path) -> tuple[Path, Path]:
+    """The user's two manifests when named (checked: both, every row captioned), else the synthetic sets."""
+    named = [m for m in (cfg.demo.train_manifest, cfg.demo.heldout_manifest) if m]
+    if not named:
+        return make_synthetic_sets(cfg, out)
+    if len(named) == 1:
+        raise ConfigError("demo.train_manifest and demo.heldout_manifest: name both, or neither")
+    from trajtok.data.manifest import read_manifest
+
+    for role, location in (("training", cfg.demo.train_manifest), ("held-out", cfg.demo.heldout_manifest)):
+        rows = read_manifest(location, strict=True).rows
+        uncaptioned = [row for row in rows if not row.captions]
+        if not rows or uncaptioned:
+            where = f"line {uncaptioned[0].line} has no caption" if rows else "lists no clips"
+            raise ConfigError(f"{location}: {where}; the demo trains and scores video-text models")
+        print(f"{role} set: {len(rows)} clips in {location}")
+    return Path(cfg.demo.train_manifest), Path(cfg.demo.heldout_manifest)
+
+
+def has_ground_truth(manifest: Path) -> bool:
+    """Whether every row names a ground-truth label map (`gt_labels`), so the segmenter can be scored."""
+    from trajtok.data.manifest import read_manifest
+    from trajtok.eval.evalset import GT_COLUMN
+
+    return all(GT_COLUMN in row.extra for row in read_manifest(manifest, strict=True).rows)
 
 
 def label_real_videos(cfg: JobConfig, out: Path) -> list[Path]:
@@ -128,16 +160,26 @@ def make_shards(cfg: JobConfig, manifest: Path, out: Path) -> str:
     return str(shard_dir / "shard-*.tar")
 
 
-def train_model(cfg: JobConfig, name: str, shards: str, out: Path) -> Path:
-    """Train one model with DeepSpeed in `launch.nproc` local processes; returns its run directory."""
+TRAIN_SECONDS_FILE = "demo-train-seconds.txt"
+
+
+def train_model(cfg: JobConfig, name: str, shards: str, out: Path, **changes: Any) -> tuple[Path, float]:
+    """Train one model with DeepSpeed in `launch.nproc` local processes: its run directory and the seconds
+    the training took (kept in the run directory, so a rerun that reuses the run reports them too)."""
     from launch.local import run_local
+    from trajtok.train.checkpoint import WEIGHTS_FILE
 
     run_dir = out / "runs" / name
-    job = _with(cfg, **{"model.name": name, "data.shards": shards, "run_dir": str(run_dir)})
+    seconds_file = run_dir / TRAIN_SECONDS_FILE
+    reused = (run_dir / WEIGHTS_FILE).is_file() and seconds_file.is_file()
+    job = _with(cfg, **{"model.name": name, "data.shards": shards, "run_dir": str(run_dir), **changes})
+    start = time.perf_counter()
     code = run_local("trajtok.train.loop:main", job)
     if code != 0:
         raise TrajTokError(f"training {name} failed with exit code {code}; its log is above")
-    return run_dir
+    if not reused:
+        seconds_file.write_text(f"{time.perf_counter() - start:.1f}\n")
+    return run_dir, float(seconds_file.read_text())
 
 
 def evaluate_model(cfg: JobConfig, run_dir: Path, manifest: Path, task: str) -> dict[str, float]:
@@ -171,6 +213,7 @@ def training_summary(run_dir: Path, tracking_uri: str) -> dict[str, float]:
 
 def run_demo(cfg: JobConfig) -> DemoResult:
     """Run every stage; see the module docstring."""
+    from trajtok.eval.evalset import read_items
     from trajtok.eval.retrieval import chance_recall_at_1
 
     start = time.perf_counter()
@@ -180,30 +223,60 @@ def run_demo(cfg: JobConfig) -> DemoResult:
     cfg = _with(
         cfg, **{"tracking.uri": cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or own_store}
     )
+    if cfg.demo.segmenter_steps < 0:
+        raise ConfigError(f"demo.segmenter_steps {cfg.demo.segmenter_steps}: must be >= 0 (0 = no stage 1)")
     save_config(cfg, out)
-    total = 4 + len(cfg.demo.models)
+    two_stage = "trajvit2" in cfg.demo.models and cfg.demo.segmenter_steps > 0
+    trajvit2_steps = cfg.train.steps + (cfg.demo.segmenter_steps if two_stage else 0)
+    stages = iter(range(1, 5 + len(cfg.demo.models) + two_stage))
+    total = 4 + len(cfg.demo.models) + two_stage
 
-    _stage(1, total, "synthetic videos with exact trajectory ground truth")
-    train_manifest, heldout_manifest = make_synthetic_sets(cfg, out)
-    _stage(2, total, f"pseudo-labels ({cfg.pseudolabel.name}) of the real sample videos")
+    _stage(next(stages), total, "training and held-out sets")
+    train_manifest, heldout_manifest = data_sets(cfg, out)
+    scored = has_ground_truth(heldout_manifest)
+    _stage(next(stages), total, f"pseudo-labels ({cfg.pseudolabel.name}) of the real sample videos")
     pictures = label_real_videos(cfg, out)
-    _stage(3, total, "pseudo-labels and WebDataset shards of the training set (Ray)")
+    _stage(next(stages), total, "pseudo-labels and WebDataset shards of the training set (Ray)")
     shards = make_shards(cfg, train_manifest, out)
 
-    results = []
-    for index, name in enumerate(cfg.demo.models):
-        _stage(4 + index, total, f"train {name} (DeepSpeed, {cfg.launch.nproc} processes)")
-        run_dir = train_model(cfg, name, shards, out)
-        retrieval = evaluate_model(cfg, run_dir, heldout_manifest, "retrieval")
-        segmentation = evaluate_model(cfg, run_dir, heldout_manifest, "segment") if name == "trajvit2" else {}
-        results.append(
-            ModelResult(name, retrieval, training_summary(run_dir, cfg.tracking.uri), segmentation)
+    def evaluated(name: str, run_dir: Path, segments: bool, steps: int, seconds: float) -> ModelResult:
+        retrieval = evaluate_model(cfg, run_dir, heldout_manifest, "retrieval") if name != "segmenter" else {}
+        segmentation = (
+            evaluate_model(cfg, run_dir, heldout_manifest, "segment") if segments and scored else {}
         )
+        summary = training_summary(run_dir, cfg.tracking.uri)
+        return ModelResult(name, retrieval, summary, segmentation, steps, seconds)
 
-    _stage(total, total, "results on held-out synthetic clips")
+    results = []
+    init, init_seconds = "", 0.0
+    if two_stage:
+        steps = cfg.demo.segmenter_steps
+        _stage(
+            next(stages), total, f"trajvit2 stage 1: the segmenter alone on the pseudo-labels, {steps} steps"
+        )
+        run_dir, init_seconds = train_model(
+            cfg, "segmenter", shards, out, **{"train.steps": steps, "train.lr": cfg.demo.segmenter_lr}
+        )
+        results.append(evaluated("segmenter", run_dir, True, steps, init_seconds))
+        init = str(run_dir)
+    for name in cfg.demo.models:
+        if name == "trajvit2":
+            title = "trajvit2" + (" stage 2: the whole model, warm-started from stage 1" if init else "")
+            _stage(next(stages), total, f"train {title} (DeepSpeed, {cfg.launch.nproc} processes)")
+            run_dir, seconds = train_model(cfg, name, shards, out, **{"model.init": init})
+            results.append(evaluated(name, run_dir, True, trajvit2_steps, seconds + init_seconds))
+        else:
+            steps = trajvit2_steps if "trajvit2" in cfg.demo.models else cfg.train.steps
+            _stage(
+                next(stages), total, f"train {name}, {steps} steps (DeepSpeed, {cfg.launch.nproc} processes)"
+            )
+            run_dir, seconds = train_model(cfg, name, shards, out, **{"train.steps": steps})
+            results.append(evaluated(name, run_dir, False, steps, seconds))
+
+    _stage(next(stages), total, "results on the held-out clips")
     result = DemoResult(
         models=results,
-        chance_r1=chance_recall_at_1(cfg.demo.heldout_videos),
+        chance_r1=chance_recall_at_1(len(read_items(str(heldout_manifest)))),
         tracking_uri=cfg.tracking.uri,
         pictures=pictures,
         seconds=time.perf_counter() - start,
@@ -223,22 +296,31 @@ def _as_json(result: DemoResult) -> dict[str, Any]:
     }
 
 
+def _cell(values: dict[str, float], key: str, width: int, digits: int, missing: str = "-") -> str:
+    return f"{values[key]:>{width}.{digits}f}" if key in values else f"{missing:>{width}}"
+
+
 def format_table(result: DemoResult) -> str:
-    """The comparison a person reads first: retrieval, tokens per clip, speed, segmenter quality."""
+    """The comparison a person reads first: compute spent, retrieval, tokens per clip, segmenter quality.
+
+    Retrieval R@K is the mean of text-to-video and video-to-text; seg n/a = the held-out set has no ground
+    truth to score against."""
     header = (
-        f"{'model':<10} {'t2v R@1':>8} {'R@5':>6} {'R@10':>6} {'v2t R@1':>8} "
-        f"{'tokens/clip':>11} {'clips/s':>8} {'seg VEQ':>8} {'seg mBO':>8}"
+        f"{'model':<10} {'steps':>6} {'train s':>8} {'R@1':>6} {'R@5':>6} {'t2v R@1':>8} {'v2t R@1':>8} "
+        f"{'tokens/clip':>11} {'seg VEQ':>8} {'seg mBO':>8}"
     )
     lines = [header, "-" * len(header)]
     for m in result.models:
-        r, t, s = m.retrieval, m.train, m.segmentation
-        seg_veq = f"{s['veq']:.3f}" if "veq" in s else "-"
-        seg_mbo = f"{s['mean_best_overlap']:.3f}" if "mean_best_overlap" in s else "-"
+        r, s = dict(m.retrieval), m.segmentation
+        for k in (1, 5):
+            if f"t2v_R@{k}" in r:
+                r[f"R@{k}"] = (r[f"t2v_R@{k}"] + r[f"v2t_R@{k}"]) / 2
+        unscored = "n/a" if m.name != "vit3d" else "-"
         lines.append(
-            f"{m.name:<10} {r['t2v_R@1']:>8.1f} {r['t2v_R@5']:>6.1f} {r['t2v_R@10']:>6.1f} "
-            f"{r['v2t_R@1']:>8.1f} "
-            f"{t.get('train/tokens_per_clip/mean', float('nan')):>11.1f} "
-            f"{t.get('train/samples_per_s', float('nan')):>8.1f} {seg_veq:>8} {seg_mbo:>8}"
+            f"{m.name:<10} {m.steps:>6} {m.train_seconds:>8.0f} {_cell(r, 'R@1', 6, 1)} "
+            f"{_cell(r, 'R@5', 6, 1)} {_cell(r, 't2v_R@1', 8, 1)} {_cell(r, 'v2t_R@1', 8, 1)} "
+            f"{_cell(m.train, 'train/tokens_per_clip/mean', 11, 1)} "
+            f"{_cell(s, 'veq', 8, 3, unscored)} {_cell(s, 'mean_best_overlap', 8, 3, unscored)}"
         )
     lines.append(f"R@K in %, chance R@1 = {result.chance_r1:.1f}%; {result.seconds / 60:.1f} min in all")
     if result.pictures:

@@ -229,6 +229,10 @@ class DemoConfig:
     heldout_seed: int = 1000  # synthetic seeds of the held-out set: never seen in training
     models: list[str] = field(default_factory=lambda: ["trajvit2", "vit3d"])
     real_videos: str = ""  # real videos to label for pictures; "" = ../shared/data/videos if present
+    train_manifest: str = ""  # your own captioned clips instead of the synthetic training set
+    heldout_manifest: str = ""  # ... and held-out set (its `gt_labels` column, if any, scores the segmenter)
+    segmenter_steps: int = 150  # stage 1 of trajvit2: the segmenter alone on the pseudo-labels; 0 = none
+    segmenter_lr: float = 3.0e-3  # stage 1's peak learning rate (its own warm-up and cosine)
 
 
 @dataclass
