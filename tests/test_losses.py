@@ -117,6 +117,12 @@ def test_total_loss_weights_and_modes() -> None:
     assert set(vit3d) == {"contrastive", "loss"}
     with pytest.raises(ValueError, match="segmenter loss needs"):
         total_loss(_output(2, with_segmentation=False), labels, cfg, "segmenter")
+    # the paper's no-Dice ablation: train.loss.dice=0 train.loss.pretrain_dice=0 leaves focal alone
+    no_dice = LossConfig(dice=0.0, pretrain_dice=0.0)
+    joint = total_loss(_output(2), labels, no_dice, "joint")
+    assert torch.isclose(joint["loss"], joint["contrastive"] + 0.5 * joint["focal"]) and joint["dice"] > 0
+    pretrain = total_loss(_output(2), labels, no_dice, "segmenter")
+    assert torch.isclose(pretrain["loss"], pretrain["focal"])
 
 
 def test_contrastive_loss_prefers_matching_pairs() -> None:

@@ -168,6 +168,45 @@ def test_segmenter_queries_read_detached_features() -> None:
     assert grad.abs().sum() > 0  # ... but it does through the pixel projection
 
 
+def test_no_detach_ablation_lets_the_query_perceiver_train_the_backbone() -> None:
+    torch.manual_seed(0)
+    head = Segmenter(32, num_queries=8, depth=2, heads=2, detach=False)
+    features = torch.randn(1, 32, 32, requires_grad=True)
+    captured = {}
+    head.perceiver.register_forward_hook(lambda module, args, output: captured.setdefault("queries", output))
+    head(features, (2, 4, 4))
+    (grad,) = torch.autograd.grad(captured["queries"].sum(), features)
+    assert grad.abs().sum() > 0
+    built = build_model(ModelConfig(name="segmenter", detach_features=False), ClipConfig())
+    assert built.head.detach is False
+
+
+def test_no_hard_mask_ablation_reads_every_pixel_weighted_by_the_soft_mask() -> None:
+    torch.manual_seed(0)
+    grid = (2, 4, 4)
+    features = torch.randn(1, 32, 32)
+    hard = torch.randint(0, 3, (1, 32))
+    soft = torch.softmax(torch.randn(1, 32, 3), dim=-1)
+    segmentation = _segmentation(hard, soft, grid)
+    reads = {}
+
+    def tokens(hard_mask: bool) -> torch.Tensor:
+        torch.manual_seed(1)
+        encoder = TrajectoryEncoder(32, depth=1, heads=2, eval_tokens_per_trajectory=2, hard_mask=hard_mask)
+        def record(module, args, kwargs, out) -> None:
+            reads[hard_mask] = args[3] if len(args) > 3 else None  # the cross mask, when one is passed
+
+        encoder.perceiver.register_forward_hook(record, with_kwargs=True)
+        return encoder.eval()(features, segmentation)[0]
+
+    soft_tokens, hard_tokens = tokens(False), tokens(True)
+    assert reads[True] is None  # packed: by pixel index
+    bias = reads[False]
+    assert bias.dtype == torch.float32 and bias.shape == (1, 6, 32)
+    assert torch.allclose(bias[0, 2 * 1], soft[0, :, 1].log(), atol=1e-6)  # token of trajectory 1 reads all
+    assert not torch.allclose(soft_tokens, hard_tokens, atol=1e-3)
+
+
 def test_segmenter_output_is_consistent() -> None:
     torch.manual_seed(0)
     segmentation = Segmenter(32, num_queries=8, depth=2, heads=2)(torch.randn(2, 32, 32), (2, 4, 4))

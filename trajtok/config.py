@@ -71,6 +71,10 @@ class ModelConfig:
     num_classes: int = 0  # trajadapter's classifier outputs
     adapter_feature_dim: int = 768  # C of the frozen feature map (B, T, h, w, C) trajadapter probes
     packed: bool = True  # trajectory tokens read only their own pixels, by index (no dense mask)
+    # the paper's ablations (true = the paper's model): the segmenter's queries read detached features;
+    # trajectory tokens read only their trajectory's pixels (false: all pixels, biased by the soft mask)
+    detach_features: bool = True
+    hard_mask: bool = True
     tome_r: int = 0  # vit3d + token merging (ToMe): tokens merged per transformer block; 0 = off
     channels_last: bool = False  # NHWC convolutions in the backbone (faster with bf16 on GPUs)
     compile: bool = False  # torch.compile each model part (GPU; costs start-up time)

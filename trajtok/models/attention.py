@@ -1,8 +1,9 @@
 """Attention and MLP layers shared by every model.
 
 All attention goes through `scaled_dot_product_attention` with an explicit boolean mask (True = may
-attend). The public TrajViT code lost its padding mask inside its attention implementation; here the mask
-is an argument of the one attention layer every model uses, and tests check that it changes the output.
+attend), or a float one added to the attention logits (the trajectory encoder's soft-mask ablation). The
+public TrajViT code lost its padding mask inside its attention implementation; here the mask is an argument
+of the one attention layer every model uses, and tests check that it changes the output.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from torch import nn
 
 
 def expand_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
-    """Boolean mask (B or 1, Lq or 1, Lk) -> the (B, 1, Lq, Lk) form SDPA broadcasts over heads.
+    """Mask (B or 1, Lq or 1, Lk) -> the (B, 1, Lq, Lk) form SDPA broadcasts over heads.
+
+    A float mask is a bias added to the logits (finite, so no row is ever empty) and passes as it is.
 
     A key-padding mask is passed as (B, 1, Lk). A query row that may attend to nothing (an empty
     trajectory, a padded token) is opened to every key instead: SDPA would return NaN for it, and NaN
@@ -22,12 +25,14 @@ def expand_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     """
     if mask is None:
         return None
-    if mask.dtype != torch.bool or mask.dim() != 3:
+    if mask.dim() != 3 or not (mask.dtype == torch.bool or mask.is_floating_point()):
         raise ValueError(
-            f"attention masks are boolean (B, Lq, Lk), True = may attend; got {mask.dtype} "
-            f"{tuple(mask.shape)}"
+            f"attention masks are boolean (B, Lq, Lk), True = may attend, or a float bias; got "
+            f"{mask.dtype} {tuple(mask.shape)}"
         )
     mask = mask[:, None]
+    if mask.is_floating_point():
+        return mask
     return mask | ~mask.any(dim=-1, keepdim=True)
 
 

@@ -77,7 +77,8 @@ class Perceiver(nn.Module):
         self_mask: torch.Tensor | None = None,
         groups: TrajectoryGroups | None = None,
     ) -> torch.Tensor:
-        """Masks are boolean, True = may attend: cross (B, L, T*h*w), self (B or 1, L, L); or `groups`."""
+        """Masks are boolean, True = may attend (cross may be a float bias): cross (B, L, T*h*w), self
+        (B or 1, L, L); or `groups`."""
         batch, length, dim = context.shape
         keys, values = self.to_kv(self.norm_context(context)).chunk(2, dim=-1)
         cos, sin = self.rotary(grid, context.device)

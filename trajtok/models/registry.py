@@ -51,7 +51,12 @@ def _size(cfg: ModelConfig) -> ModelSize:
 
 def _segmenter_head(cfg: ModelConfig, size: ModelSize) -> Segmenter:
     return Segmenter(
-        size.feature_dim, size.num_queries, size.segmenter_depth, size.perceiver_heads, cfg.rotary
+        size.feature_dim,
+        size.num_queries,
+        size.segmenter_depth,
+        size.perceiver_heads,
+        cfg.rotary,
+        detach=cfg.detach_features,
     )
 
 
@@ -73,6 +78,7 @@ def _trajectory_encoder(cfg: ModelConfig, size: ModelSize) -> TrajectoryEncoder:
         train_tokens_per_trajectory=tuple(cfg.tokens_per_trajectory),
         eval_tokens_per_trajectory=cfg.eval_tokens_per_trajectory,
         packed=cfg.packed,
+        hard_mask=cfg.hard_mask,
     )
 
 

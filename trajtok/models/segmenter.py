@@ -2,9 +2,10 @@
 
 Each query owns one region across all frames, so its region is a trajectory and no tracker is needed.
 The queries read the dense features through a Perceiver with the features *detached* (the paper's key
-ablation: the segmentation stays a grouping of what the backbone sees, rather than the backbone bending to
-whatever grouping is easiest); the assignment itself compares per-pixel and per-query projections by cosine
-similarity, so the backbone still learns from both losses through the pixel projection.
+ablation, `model.detach_features=false` to undo it: the segmentation stays a grouping of what the backbone
+sees, rather than the backbone bending to whatever grouping is easiest); the assignment itself compares
+per-pixel and per-query projections by cosine similarity, so the backbone still learns from both losses
+through the pixel projection.
 """
 
 from __future__ import annotations
@@ -37,8 +38,11 @@ class Segmentation(TensorRecord):
 class Segmenter(nn.Module):
     """Dense features (B, T*h*w, D) -> `Segmentation` with K trajectories."""
 
-    def __init__(self, dim: int, num_queries: int, depth: int, heads: int, rotary: str = "1d"):
+    def __init__(
+        self, dim: int, num_queries: int, depth: int, heads: int, rotary: str = "1d", detach: bool = True
+    ):
         super().__init__()
+        self.detach = detach
         self.queries = nn.Parameter(fourier_features(num_queries, dim))
         self.perceiver = Perceiver(dim, depth, heads, rotary)
         self.pixel_head = Mlp(dim, dim)
@@ -55,7 +59,7 @@ class Segmenter(nn.Module):
 
     def forward(self, features: torch.Tensor, grid: Grid) -> Segmentation:
         queries = self.queries.expand(features.shape[0], -1, -1)
-        queries = self.perceiver(queries, features.detach(), grid)
+        queries = self.perceiver(queries, features.detach() if self.detach else features, grid)
         pixels = F.normalize(self.pixel_head(features), dim=-1)
         queries = F.normalize(self.query_head(queries), dim=-1)
         logits = self.logit_scale() * pixels @ queries.transpose(1, 2)

@@ -6,6 +6,8 @@ the grouping. A Perceiver then refines them with cross-attention masked by the h
 reads only its trajectory's pixels) and self-attention masked to the trajectory's own sub-tokens, so
 tokens of different trajectories never mix here and empty trajectories affect nothing. Packed (the default),
 the same attention runs by pixel index instead of through dense masks (`trajtok.models.packing`).
+`hard_mask=False` is the paper's ablation: every token reads every pixel, its attention biased by the log of
+its trajectory's soft mask (dense, so it costs (K*n) x T*h*w per clip).
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ class TrajectoryEncoder(nn.Module):
         train_tokens_per_trajectory: tuple[int, ...] = (1, 2, 4),
         eval_tokens_per_trajectory: int = 1,
         packed: bool = True,
+        hard_mask: bool = True,
     ):
         super().__init__()
+        self.hard_mask = hard_mask
         for n in (*train_tokens_per_trajectory, eval_tokens_per_trajectory):
             if not 1 <= n <= MAX_TOKENS_PER_TRAJECTORY:
                 raise ValueError(f"tokens per trajectory must be in 1..{MAX_TOKENS_PER_TRAJECTORY}, got {n}")
@@ -67,12 +71,16 @@ class TrajectoryEncoder(nn.Module):
         means = (weights @ context) / mass  # (B, K, D)
         tokens = (means[:, :, None, :] + self.sub_tokens[:n]).reshape(batch, num_trajectories * n, dim)
 
-        if self.packed:
+        if self.packed and self.hard_mask:
             groups = TrajectoryGroups(segmentation.hard, n)
             tokens = self.perceiver(tokens, context, segmentation.grid, groups=groups)
         else:
             owner = torch.arange(num_trajectories, device=features.device).repeat_interleave(n)  # (K*n,)
-            cross_mask = segmentation.hard[:, None, :] == owner[None, :, None]  # (B, K*n, N)
             self_mask = (owner[:, None] == owner[None, :])[None]  # (1, K*n, K*n)
+            if self.hard_mask:
+                cross_mask = segmentation.hard[:, None, :] == owner[None, :, None]  # (B, K*n, N)
+            else:
+                log_soft = segmentation.soft.clamp_min(1e-6).log().to(context.dtype)  # (B, N, K)
+                cross_mask = log_soft.transpose(1, 2).repeat_interleave(n, dim=1)  # (B, K*n, N)
             tokens = self.perceiver(tokens, context, segmentation.grid, cross_mask, self_mask)
         return tokens, segmentation.present.repeat_interleave(n, dim=1)
