@@ -24,7 +24,7 @@ def test_early_matching_gives_the_same_targets_and_loss() -> None:
     ids, mask = build_tokenizer("bytes").encode_batch(["a dog", "two cars"], 64)
     out = model(frames, ids, mask)
     targets = matching.targets(labels)
-    expected = match_trajectories(out.seg_logits.argmax(-1), labels_on_grid(labels, out.seg_grid), 16)
+    expected = match_trajectories(out.seg_logits.softmax(-1), labels_on_grid(labels, out.seg_grid), 16)
     assert torch.equal(targets, expected) and (targets >= 0).any()
     early = total_loss(out, labels, LossConfig(), seg_targets=targets)
     plain = total_loss(out, labels, LossConfig())

@@ -71,20 +71,32 @@ def test_unlabeled_pixels_do_not_count() -> None:
     assert focal == 0 and dice == 0 and torch.isfinite(logits.grad).all()
 
 
-def test_hungarian_matching_follows_iou() -> None:
+def _one_hot(hard: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(hard, k).float()
+
+
+def test_hungarian_matching_follows_the_overlap() -> None:
     labels = torch.tensor([[0, 5, 5, 5, 8, 8, 2, 2]])
     hard = torch.tensor([[4, 1, 1, 0, 0, 0, 3, 3]])
-    target = match_trajectories(hard, labels, num_trajectories=5)
+    target = match_trajectories(_one_hot(hard, 5), labels, num_trajectories=5)
     assert target.tolist() == [[IGNORE, 1, 1, 1, 0, 0, 3, 3]]
+
+
+def test_a_query_that_wins_no_pixel_gets_the_label_it_covers_best() -> None:
+    # query 0 wins every pixel; query 2 wins none but holds more mass on label 7 than query 1 does
+    labels = torch.tensor([[3, 3, 3, 3, 7, 7]])
+    probabilities = torch.tensor([[[0.8, 0.1, 0.1]] * 4 + [[0.5, 0.1, 0.4]] * 2])
+    target = match_trajectories(probabilities, labels, num_trajectories=3)
+    assert target.tolist() == [[0, 0, 0, 0, 2, 2]]  # on hard masks queries 1 and 2 would tie at IoU 0
 
 
 def test_trajectories_beyond_k_are_dropped_smallest_first() -> None:
     # ids 1..4 with 4, 3, 2 and 2 pixels; K = 2 keeps ids 1 and 2, then drops the tie 3 vs 4 entirely
     labels = torch.tensor([[1, 1, 1, 1, 2, 2, 2, 3, 3, 4, 4]])
-    target = match_trajectories(torch.zeros_like(labels), labels, num_trajectories=2)
+    target = match_trajectories(torch.full((1, 11, 2), 0.5), labels, num_trajectories=2)
     assert (target[0, :7] != IGNORE).all() and (target[0, 7:] == IGNORE).all()
     labels = torch.tensor([[9, 9, 4, 4]])  # a tie in size: the smaller id is kept
-    target = match_trajectories(torch.zeros_like(labels), labels, num_trajectories=1)
+    target = match_trajectories(torch.ones(1, 4, 1), labels, num_trajectories=1)
     assert target.tolist() == [[IGNORE, IGNORE, 0, 0]]
 
 

@@ -9,14 +9,17 @@ averaged over ranks (DDP and DeepSpeed do this) the update equals that of the lo
 Each rank must hold the same batch size.
 
 Segmentation, per sample: the label trajectories (ids > 0 of the label map, resized to the logit grid with
-nearest) are matched one-to-one to predicted trajectories by the Hungarian method on -IoU between the
-predicted hard masks and the labels; then softmax focal loss (gamma 2) and softmax Dice on the matched
-channels. Unlabeled pixels (id 0) count nowhere. If a sample has more label trajectories than the model has
-queries (K), the K largest are kept (ties: smaller id first) and the pixels of the others are ignored like
-unlabeled ones.
+nearest) are matched one-to-one to predicted trajectories by the Hungarian method on the soft Dice between
+the predicted probabilities and the labels (as Mask2Former matches); then softmax focal loss (gamma 2) and
+softmax Dice on the matched channels. Soft, not hard: a query that wins no pixel still holds probability
+mass, so the label it covers best goes to it and it comes back to life; matched on hard-mask IoU, every such
+query ties at 0 with every label, takes an arbitrary one each step and stays dead (the demo's segmenter used
+4-6 of 16 queries and barely learned that way: docs/training.md). Unlabeled pixels (id 0) count nowhere. If
+a sample has more label trajectories than the model has queries (K), the K largest are kept (ties: smaller
+id first) and the pixels of the others are ignored like unlabeled ones.
 
 The matching runs on the CPU. `EarlyMatching` takes it off the GPU's critical path: it copies the
-segmenter's hard ids to the host as soon as the segmenter has run, so the matching overlaps the rest of
+segmenter's probabilities to the host as soon as the segmenter has run, so the matching overlaps the rest of
 the forward instead of stalling the device at the loss.
 """
 
@@ -95,48 +98,48 @@ def labels_on_grid(labels: torch.Tensor, grid: Grid) -> torch.Tensor:
     return labels.long().flatten(1)
 
 
-def _match_one(predicted: np.ndarray, labels: np.ndarray, num_trajectories: int) -> np.ndarray:
-    """Per-pixel target channel (IGNORE where unlabeled or dropped) for one sample's flat maps."""
-    target = np.full(labels.shape, IGNORE, dtype=np.int64)
+def _match_one(probabilities: torch.Tensor, labels: torch.Tensor, num_trajectories: int) -> torch.Tensor:
+    """Per-pixel target channel (IGNORE where unlabeled or dropped) of one sample: (N, K) float, (N,) ids."""
+    target = torch.full(labels.shape, IGNORE, dtype=torch.long)
     labelled = labels > 0
-    ids, inverse, counts = np.unique(labels[labelled], return_inverse=True, return_counts=True)
+    ids, inverse, counts = torch.unique(labels[labelled], return_inverse=True, return_counts=True)
     if len(ids) == 0:
         return target
-    keep = np.lexsort((ids, -counts))[:num_trajectories]  # largest first, then smaller id
-    rank = np.full(len(ids), -1)
-    rank[keep] = np.arange(len(keep))
+    keep = np.lexsort((ids.numpy(), -counts.numpy()))[:num_trajectories]  # largest first, then smaller id
+    rank = torch.full((len(ids),), -1, dtype=torch.long)
+    rank[torch.from_numpy(keep)] = torch.arange(len(keep))
     row = rank[inverse]  # index of each labelled pixel's trajectory among the kept ones, -1 if dropped
     kept = row >= 0
-    pred = predicted[labelled][kept]
-    overlap = np.bincount(row[kept] * num_trajectories + pred, minlength=len(keep) * num_trajectories)
-    overlap = overlap.reshape(len(keep), num_trajectories).astype(np.float64)
-    union = overlap.sum(1, keepdims=True) + overlap.sum(0, keepdims=True) - overlap
-    iou = overlap / np.maximum(union, 1)
-    rows, cols = linear_sum_assignment(-iou)
-    channel = np.empty(len(keep), dtype=np.int64)
-    channel[rows] = cols
-    pixels = np.flatnonzero(labelled)[kept]
-    target[pixels] = channel[row[kept]]
+    pixels, row = labelled.nonzero()[:, 0][kept], row[kept]
+    mass = probabilities[pixels]  # (M, K): the loss's Dice also counts labelled pixels only
+    intersection = torch.zeros(len(keep), mass.shape[1], dtype=mass.dtype).index_add_(0, row, mass)
+    size = torch.bincount(row, minlength=len(keep)).to(mass.dtype)
+    dice = 2 * intersection / (size[:, None] + mass.sum(0)[None, :]).clamp_min(1e-6)
+    rows, cols = linear_sum_assignment(-dice.numpy())
+    channel = torch.empty(len(keep), dtype=torch.long)
+    channel[torch.from_numpy(rows)] = torch.from_numpy(cols)
+    target[pixels] = channel[row]
     return target
 
 
-def match_trajectories(hard: torch.Tensor, labels: torch.Tensor, num_trajectories: int) -> torch.Tensor:
-    """Hungarian matching on -IoU: (B, N) predicted ids and label ids -> (B, N) target channel or IGNORE.
-
-    Runs on the CPU with scipy: one transfer for the whole batch, then one assignment per sample.
-    """
-    predicted, label_np = hard.detach().cpu().numpy(), labels.detach().cpu().numpy()
-    targets = np.stack([_match_one(p, lab, num_trajectories) for p, lab in zip(predicted, label_np)])
-    return torch.from_numpy(targets).to(hard.device)
+def match_trajectories(
+    probabilities: torch.Tensor, labels: torch.Tensor, num_trajectories: int
+) -> torch.Tensor:
+    """Hungarian matching on soft Dice: (B, N, K) probabilities and (B, N) label ids -> (B, N) target channel
+    or IGNORE, on the device of `probabilities`. Runs on the CPU with scipy, one assignment per sample."""
+    host = probabilities.detach().float().cpu()
+    label_host = labels.detach().cpu()
+    targets = torch.stack([_match_one(p, lab, num_trajectories) for p, lab in zip(host, label_host)])
+    return targets.to(probabilities.device)
 
 
 class EarlyMatching:
     """Hungarian matching whose device-to-host copy is queued right after the segmenter, not at the loss.
 
-    A forward hook on the segmenter (the `Segmenter` head, in training mode) queues a non-blocking copy
-    of its hard ids into pinned memory. The loss then waits only for that copy, which the GPU did before
-    the trajectory encoder, the transformer and the text tower still in its queue: the matching on the CPU
-    overlaps them and nothing waits for the whole forward. Labels stay on the host. Use:
+    A forward hook on the segmenter (the `Segmenter` head, in training mode) queues a non-blocking copy of
+    its probabilities (B, T*h*w, K) into pinned memory. The loss then waits only for that copy, which the
+    GPU did before the trajectory encoder, the transformer and the text tower still in its queue: the
+    matching on the CPU overlaps them and nothing waits for the whole forward. Labels stay on the host. Use:
     `matching = EarlyMatching(model.tokenizer.segmenter.head)`, then per step after the forward
     `total_loss(..., seg_targets=matching.targets(labels))`.
     """
@@ -148,15 +151,15 @@ class EarlyMatching:
     def _queue_copy(self, module: nn.Module, args: tuple, segmentation) -> None:
         if not module.training:
             return
-        hard = segmentation.hard.detach()
+        soft = segmentation.soft.detach().float()
         done = None
-        if hard.is_cuda:
-            host = torch.empty(hard.shape, dtype=hard.dtype, pin_memory=True).copy_(hard, non_blocking=True)
+        if soft.is_cuda:
+            host = torch.empty(soft.shape, dtype=soft.dtype, pin_memory=True).copy_(soft, non_blocking=True)
             done = torch.cuda.Event()
             done.record()
         else:
-            host = hard.clone()
-        self._pending = (host, done, segmentation.grid, segmentation.logits.shape[-1], hard.device)
+            host = soft.clone()
+        self._pending = (host, done, segmentation.grid, soft.shape[-1], soft.device)
 
     def targets(self, labels: torch.Tensor) -> torch.Tensor:
         """Target channels (B, T*h*w) of the last training forward, on its device (`match_trajectories`)."""
@@ -197,7 +200,7 @@ def segmentation_loss(
     target = targets
     if target is None:
         flat_labels = labels_on_grid(labels.to(logits.device), grid)
-        target = match_trajectories(logits.argmax(dim=-1), flat_labels, logits.shape[-1])
+        target = match_trajectories(logits.softmax(dim=-1), flat_labels, logits.shape[-1])
     valid = target != IGNORE  # (B, N)
     has_labels = valid.any(dim=1)
 
