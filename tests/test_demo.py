@@ -21,25 +21,31 @@ def test_demo_end_to_end(tmp_path: Path):
         f"demo.out={out}",
         "demo.train_videos=64",
         f"demo.heldout_videos={HELDOUT}",
-        "train.steps=120",
+        "demo.segmenter_steps=40",  # trajvit2: 40 segmenter steps, then 80 warm-started; vit3d: 120
+        "train.steps=80",
         "train.checkpoint_every=120",
     ]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
-    table = proc.stdout[proc.stdout.index("results on held-out synthetic clips") :]
-    assert "trajvit2" in table and "vit3d" in table and "mlflow ui --backend-store-uri" in table
+    table = proc.stdout[proc.stdout.index("results on the held-out clips") :]
+    assert all(name in table for name in ("segmenter", "trajvit2", "vit3d", "mlflow ui --backend-store-uri"))
+    assert "model.init" in proc.stdout + proc.stderr  # stage 2 started from stage 1's weights
 
     results = json.loads((out / "results.json").read_text())
     chance_mean_rank = (HELDOUT + 1) / 2
+    steps = {m["name"]: m["steps"] for m in results["models"]}
+    assert steps == {"segmenter": 40, "trajvit2": 120, "vit3d": 120}
     for model in results["models"]:
+        assert model["train"]["train/tokens_per_clip/mean"] > 0 and model["train_seconds"] > 0
+        if model["name"] == "segmenter":
+            continue
         r = model["retrieval"]
         mean_rank = (r["t2v_MeanR"] + r["v2t_MeanR"]) / 2
         # A random ranking has mean rank 16.5 +- 1.6 here; 0.7 x chance (11.6) is 3 of its spreads below, and
         # the trained models reached 9.5 (trajvit2) and 8.6 (vit3d). R@5 over 32 clips moves in steps of 3
         # points and sat at exactly 2 x chance for trajvit2 on one run: that quality bar is the benchmark's.
         assert mean_rank < 0.7 * chance_mean_rank, (model["name"], r)
-        assert model["train"]["train/tokens_per_clip/mean"] > 0
     trajvit2 = next(m for m in results["models"] if m["name"] == "trajvit2")
     assert 0 < trajvit2["segmentation"]["mean_best_overlap"] <= 1
     assert sorted(p.name for p in (out / "pictures").glob("*.png")) == ["tree.png", "vtest.png"]
