@@ -228,8 +228,8 @@ def run_demo(cfg: JobConfig) -> DemoResult:
     save_config(cfg, out)
     two_stage = "trajvit2" in cfg.demo.models and cfg.demo.segmenter_steps > 0
     trajvit2_steps = cfg.train.steps + (cfg.demo.segmenter_steps if two_stage else 0)
-    stages = iter(range(1, 5 + len(cfg.demo.models) + two_stage))
     total = 4 + len(cfg.demo.models) + two_stage
+    stages = iter(range(1, total + 1))
 
     _stage(next(stages), total, "training and held-out sets")
     train_manifest, heldout_manifest = data_sets(cfg, out)
