@@ -1,15 +1,16 @@
 """The weight-free default labeler: superpixels carried through the clip by dense optical flow.
 
 Per shot (a colour-histogram jump starts a new one), the first frame is cut into superpixels that are
-merged by colour into about `target_trajectories` regions: the trajectories the shot starts with. Each
-later frame receives the previous frame's labels along the backward optical flow; a pixel whose source had
-another colour (it was hidden, or the flow is wrong there) receives none. The frame's own superpixels then
-settle each pixel: it keeps what it received unless the label most of its superpixel received matches its
-colour better, which puts boundaries back on image edges without letting regions creep over plain areas.
-Superpixels that received mostly nothing (content coming into view) are merged by colour into the
-trajectories they look like or into new ones; trajectories whose pixels all leave end by themselves. Last,
-trajectories below `min_area` are merged into the neighbour they share the most boundary with, and then
-the smallest until at most `max_trajectories` remain.
+merged by colour into at most `target_trajectories` regions, fewer where neighbouring regions look alike
+(`merge_tolerance`): the trajectories the shot starts with. Each later frame receives the previous frame's
+labels along the backward optical flow; a pixel whose source had another colour (it was hidden, or the flow
+is wrong there) receives none. The frame's own superpixels then settle each pixel: it keeps what it received
+unless the label most of its superpixel received matches its colour better, which puts boundaries back on
+image edges without letting regions creep over plain areas. Superpixels that received mostly nothing
+(content coming into view) are merged by colour into the trajectories they look like or into new ones;
+trajectories whose pixels all leave end by themselves. Last, trajectories below `min_area` are merged into
+the neighbour they share the most boundary with, and then the smallest until at most `max_trajectories`
+remain.
 
 All of it runs at a working resolution (`work_size` short side); the map is then resized to the frames.
 Each choice (Felzenszwalb superpixels, DIS flow, the colour check, colour-decided snapping) was made by
@@ -37,12 +38,13 @@ FLOWS = ("dis", "farneback")
 
 @dataclass
 class ClassicalParams:
-    target_trajectories: int = 24  # about how many trajectories a shot starts with: the granularity knob
-    min_area: float = 0.002  # trajectories below this share of the clip's pixels are merged into a neighbour
+    target_trajectories: int = 16  # about how many trajectories a shot starts with: the granularity knob
+    min_area: float = 0.004  # trajectories below this share of the clip's pixels are merged into a neighbour
     work_size: int = 128  # short side (pixels) the algorithm runs at; labels are resized to the frames
     superpixels: str = "felzenszwalb"  # felzenszwalb | slic | watershed
     superpixel_size: int = 48  # Felzenszwalb's scale; for slic and watershed the area per seed (work pixels)
     flow: str = "dis"  # dis | farneback
+    merge_tolerance: float = 14.0  # below the target, regions whose mean colours are this close merge too
     texture_blur: float = 2.0  # Gaussian sigma (work pixels) of colours compared: finer texture is ignored
     colour_tolerance: float = 10.0  # CIELAB distance within which a carried pixel still shows the same thing
     new_content: float = 0.5  # share of a superpixel that received no label which makes it new content
@@ -51,7 +53,7 @@ class ClassicalParams:
 
 class ClassicalLabeler(Labeler):
     name = "classical"
-    version = "1"
+    version = "2"
     Params = ClassicalParams
 
     def __init__(
@@ -137,10 +139,12 @@ def _adjacent_pairs(seg: np.ndarray) -> np.ndarray:
 
 
 def merge_by_colour(
-    seg: np.ndarray, lab: np.ndarray, target: int, fixed: np.ndarray | None = None
+    seg: np.ndarray, lab: np.ndarray, target: int, fixed: np.ndarray | None = None, tolerance: float = 0.0
 ) -> np.ndarray:
     """Greedy region merging: repeatedly join the two touching regions whose union adds the least colour
-    variance (Ward's criterion: small and similar regions go first) until `target` free regions remain.
+    variance (Ward's criterion: small and similar regions go first) until `target` free regions remain,
+    then go on joining touching regions whose mean colours lie within `tolerance` (CIELAB): a plain scene
+    ends with fewer regions than a cluttered one.
 
     `seg` holds region ids 0..S-1. `fixed` (S,) marks regions that never merge with each other (the
     trajectories already in a frame): a free region may join one, which counts as one free region fewer.
@@ -166,10 +170,12 @@ def merge_by_colour(
     heap = [(cost(a, b), a, b, 0, 0) for a in range(n) for b in neighbours[a] if a < b]
     heapq.heapify(heap)
     free = int(np.count_nonzero(~fixed & (size > 0)))
-    while free > target and heap:
+    while heap:
         _, a, b, va, vb = heapq.heappop(heap)
         if parent[a] != a or parent[b] != b or version[a] != va or version[b] != vb:
             continue
+        if free <= target and np.linalg.norm(colour[a] - colour[b]) > tolerance:
+            continue  # unchanged regions are not queued again; a merge that changes one re-queues its pairs
         if fixed[b]:
             a, b = b, a  # a fixed region absorbs a free one and stays fixed
         total = size[a] + size[b]
@@ -273,7 +279,7 @@ class _ShotTracker:
         fixed = np.arange(int(node.max()) + 1) < len(kept)
         share = float(size[new].sum()) / float(size.sum())
         target = max(1, round(self.p.target_trajectories * share))
-        root = merge_by_colour(node[seg], lab, target, fixed)
+        root = merge_by_colour(node[seg], lab, target, fixed, self.p.merge_tolerance)
         root = _join_lookalikes(root[node[seg]], lab, root, len(kept), self.p.colour_tolerance)[node]
         fresh_roots = np.unique(root[new & (root >= len(kept))])
         lut = np.zeros(len(fixed), np.int64)

@@ -14,18 +14,19 @@ def test_bench_label_through_the_cli(tmp_path, capsys) -> None:
     result = json.loads(out.read_text())
     assert result["record"]["command"].startswith("trajtok bench label --clips 2")
     assert result["labeler"]["name"] == "classical" and result["clips"]["seeds"] == [0, 1]
-    quality = result["quality"]
-    assert 0 < quality["purity"] <= 1 and 0 <= quality["mean_best_overlap"] <= 1
-    assert set(result["targets_met"]) == {
-        "purity",
-        "mean_best_overlap",
-        "duration_fraction",
-        "num_trajectories",
-    }
+    assert set(result["quality"]) == set(result["targets_met"]) == {"shapes", "blobs"}
+    for generator, quality in result["quality"].items():
+        assert 0 < quality["purity"] <= 1 and 0 <= quality["mean_best_overlap"] <= 1
+        assert set(result["targets_met"][generator]) == {
+            "purity",
+            "mean_best_overlap",
+            "duration_fraction",
+            "num_trajectories",
+        }
     assert result["speed"]["clips_per_s_per_core_cpu"] > 0 and result["decode_seconds"]["mp4_clip"] > 0
     assert result["memory"]["traced_peak_mib"] > 0
     assert [row["video"] for row in result["real_videos"]] == ["vtest.avi", "tree.avi"]
     assert all(1 <= row["trajectories"] <= 128 for row in result["real_videos"])
     assert len(result["compare"]) == 6  # 3 superpixel methods x 2 flows
     assert picture.stat().st_size > 0
-    assert "| purity |" in capsys.readouterr().out
+    assert "| score | `shapes` | `blobs` | target |" in capsys.readouterr().out

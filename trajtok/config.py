@@ -221,6 +221,7 @@ class SynthConfig:
     width: int = 160
     fps: float = 8.0
     seed: int = 0
+    generator: str = "shapes"  # shapes | blobs: two generators drawn unlike each other (data/synth.py)
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
 It is the embedded default data for the demo and the tests: no download, deterministic by seed, with
 ground truth a pseudo-labeler can be scored against and captions a video-text model can learn. Scenes
-are drawn by `synth_scene` and rendered by `synth_render`; this module turns them into clips and writes
-a dataset (videos, label maps, manifest) that the pipeline reads like any other.
+come from one of two generators drawn in unlike ways (`synth.generator`): `shapes` (`synth_scene` draws,
+`synth_render` renders) and `blobs` (`synth_blobs`), so a labeller or model tuned on one can be checked on
+the other. This module turns scenes into clips and writes a dataset (videos, label maps, manifest) that the
+pipeline reads like any other.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,16 +22,31 @@ import numpy as np
 from tqdm import tqdm
 
 from trajtok.config import SynthConfig, config_digest
+from trajtok.data import synth_blobs, synth_render, synth_scene
 from trajtok.data.encode import write_video
 from trajtok.data.labels import save_labels
-from trajtok.data.synth_render import render_scene
-from trajtok.data.synth_scene import Scene, caption, sample_scene
 from trajtok.errors import ConfigError
 
 GENERATOR_VERSION = 1  # bump when a change to the generator alters its output, so old sets are rewritten
 _MIN_VISIBLE = 0.6  # each object shows at least this share of its drawn pixels over the clip
 _MIN_VISIBLE_PER_FRAME = 0.3  # ... and at least this share in every frame, so no motion is hidden
 _MAX_ATTEMPTS = 100
+
+
+@dataclass(frozen=True)
+class Generator:
+    """How one generator draws a random scene, renders it (frames, labels, drawn areas) and captions it.
+    Its scenes have `objects` (each with colour, shape, motion, texture) and a camera `pan`."""
+
+    sample: Callable[[np.random.Generator, int, int], Any]
+    render: Callable[[Any, int, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+    caption: Callable[[Any], str]
+
+
+GENERATORS = {
+    "shapes": Generator(synth_scene.sample_scene, synth_render.render_scene, synth_scene.caption),
+    "blobs": Generator(synth_blobs.sample_scene, synth_blobs.render_scene, synth_blobs.caption),
+}
 
 
 @dataclass
@@ -41,22 +59,25 @@ class SynthClip:
     metadata: dict[str, Any]
 
 
-def generate_clip(seed: int, frames: int = 16, height: int = 112, width: int = 112) -> SynthClip:
-    """The clip of `seed`: the first random scene in which every object is mostly visible."""
+def generate_clip(
+    seed: int, frames: int = 16, height: int = 112, width: int = 112, generator: str = "shapes"
+) -> SynthClip:
+    """The clip of `seed` from `generator`: the first random scene in which every object is mostly visible."""
     if frames < 2:
         raise ValueError(f"a synthetic clip needs at least 2 frames to show motion, got {frames}")
+    draw = GENERATORS[generator]
     for attempt in range(_MAX_ATTEMPTS):
-        scene = sample_scene(np.random.default_rng([seed, attempt]), height, width)
-        video, labels, drawn = render_scene(scene, frames, height, width)
+        scene = draw.sample(np.random.default_rng([seed, attempt]), height, width)
+        video, labels, drawn = draw.render(scene, frames, height, width)
         visible = np.stack([(labels == k + 1).sum(axis=(1, 2)) for k in range(len(scene.objects))], 1)
         mostly_shown = visible.sum(0) >= np.maximum(_MIN_VISIBLE * drawn.sum(0), 1)
         never_hidden = visible >= _MIN_VISIBLE_PER_FRAME * drawn
         if mostly_shown.all() and never_hidden.all():
-            return SynthClip(video, labels, caption(scene), _metadata(seed, scene, visible))
+            return SynthClip(video, labels, draw.caption(scene), _metadata(seed, scene, visible))
     raise RuntimeError(f"seed {seed}: no scene with every object visible in {_MAX_ATTEMPTS} attempts")
 
 
-def _metadata(seed: int, scene: Scene, visible: np.ndarray) -> dict[str, Any]:
+def _metadata(seed: int, scene: Any, visible: np.ndarray) -> dict[str, Any]:
     objects = []
     for k, obj in enumerate(scene.objects):
         shown = np.flatnonzero(visible[:, k])
@@ -126,7 +147,7 @@ def write_dataset(cfg: SynthConfig) -> Path:
 def _unique_clip(cfg: SynthConfig, index: int, seen: set[str]) -> SynthClip:
     for attempt in range(_MAX_ATTEMPTS):
         seed = int(np.random.SeedSequence([cfg.seed, index, attempt]).generate_state(1)[0])
-        clip = generate_clip(seed, cfg.frames, cfg.height, cfg.width)
+        clip = generate_clip(seed, cfg.frames, cfg.height, cfg.width, cfg.generator)
         if clip.caption not in seen:
             return clip
     raise ConfigError(f"synth.videos={cfg.videos}: too many clips to give each a different caption")
@@ -166,6 +187,7 @@ def _validate(cfg: SynthConfig) -> None:
         "synth.width": (cfg.width >= 16 and cfg.width % 2 == 0, "must be even and at least 16 (H.264)"),
         "synth.fps": (cfg.fps > 0, "must be positive"),
         "synth.seed": (cfg.seed >= 0, "must be non-negative"),
+        "synth.generator": (cfg.generator in GENERATORS, f"must be one of {', '.join(GENERATORS)}"),
     }
     for key, (ok, problem) in checks.items():
         if not ok:
