@@ -52,8 +52,8 @@ def _stage(number: int, total: int, title: str) -> None:
     print(f"\n== [{number}/{total}] {title}", flush=True)
 
 
-def _with(cfg: JobConfig, **changes: Any) -> JobConfig:
-    """A deep copy of `cfg` with dotted fields changed: `_with(cfg, **{"train.steps": 5})`."""
+def with_changes(cfg: JobConfig, **changes: Any) -> JobConfig:
+    """A deep copy of `cfg` with dotted fields changed: `with_changes(cfg, **{"train.steps": 5})`."""
     new = copy.deepcopy(cfg)
     for dotted, value in changes.items():
         *parents, leaf = dotted.split(".")
@@ -68,9 +68,9 @@ def make_synthetic_sets(cfg: JobConfig, out: Path) -> tuple[Path, Path]:
     """The training set and a held-out set drawn from seeds the training set never uses."""
     from trajtok.data.synth import write_dataset
 
-    train = write_dataset(_with(cfg.synth, out=str(out / "synth-train"), videos=cfg.demo.train_videos))
+    train = write_dataset(with_changes(cfg.synth, out=str(out / "synth-train"), videos=cfg.demo.train_videos))
     heldout = write_dataset(
-        _with(
+        with_changes(
             cfg.synth,
             out=str(out / "synth-heldout"),
             videos=cfg.demo.heldout_videos,
@@ -142,7 +142,7 @@ def make_shards(cfg: JobConfig, manifest: Path, out: Path) -> str:
     from pipeline.job import run_shard_job
 
     shard_dir = out / "shards"
-    job = _with(
+    job = with_changes(
         cfg,
         **{
             "data.manifest": str(manifest),
@@ -172,7 +172,7 @@ def train_model(cfg: JobConfig, name: str, shards: str, out: Path, **changes: An
     run_dir = out / "runs" / name
     seconds_file = run_dir / TRAIN_SECONDS_FILE
     reused = (run_dir / WEIGHTS_FILE).is_file() and seconds_file.is_file()
-    job = _with(cfg, **{"model.name": name, "data.shards": shards, "run_dir": str(run_dir), **changes})
+    job = with_changes(cfg, **{"model.name": name, "data.shards": shards, "run_dir": str(run_dir), **changes})
     start = time.perf_counter()
     code = run_local("trajtok.train.loop:main", job)
     if code != 0:
@@ -186,7 +186,7 @@ def evaluate_model(cfg: JobConfig, run_dir: Path, manifest: Path, task: str) -> 
     """Evaluate a trained run on the held-out manifest; returns the metrics of `task`."""
     from trajtok.eval.run import evaluate, log_results, write_results
 
-    job = _with(
+    job = with_changes(
         cfg,
         **{
             "data.manifest": str(manifest),
@@ -220,7 +220,7 @@ def run_demo(cfg: JobConfig) -> DemoResult:
     out = Path(cfg.demo.out).resolve()
     # the demo keeps its MLflow store beside its outputs unless the user names one
     own_store = f"sqlite:///{out / 'mlflow.db'}"
-    cfg = _with(
+    cfg = with_changes(
         cfg, **{"tracking.uri": cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or own_store}
     )
     if cfg.demo.segmenter_steps < 0:

@@ -31,6 +31,11 @@ BENCHMARKS = {  # name -> (script, help)
         "sharding job clips/s and clips per CPU second, one process vs Ray with 1 and 2 workers, with and "
         "without labels; CPU per clip by stage and decoder",
     ),
+    "ablate": (
+        "bench_ablate",
+        "the paper's trajvit2 ablations (no detach, no Dice, no hard mask) through the demo's recipe, "
+        "one row each with the paper's sign",
+    ),
     "reader": (
         "bench_reader_revisions",
         "the video reader of another git revision (--base REV) against this tree's, CPU ms per clip by stage",

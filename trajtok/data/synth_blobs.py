@@ -244,10 +244,12 @@ def _texture(obj: BlobSpec, size: int) -> np.ndarray:
     yy, xx = (np.mgrid[0:size, 0:size] - (size - 1) / 2) / (size / 2)
     hsv = np.empty((size, size, 3), np.float32)
     hsv[..., 0], hsv[..., 1], hsv[..., 2] = h, s, v
-    if obj.texture == "gradient":  # into a neighbouring hue and darker across the object
+    if obj.texture == "gradient":  # hue turns and light falls across the object; the mean stays in range
         theta = rng.uniform(0, 2 * np.pi)
         along = np.clip((xx * np.cos(theta) + yy * np.sin(theta) + 1) / 2, 0, 1)
-        hsv[..., 0] = (h + rng.choice([-1, 1]) * rng.uniform(8, 14) * along) % 180
+        low, high = HUES[obj.colour]
+        inward = -1.0 if (h - (low + high) / 2 + 90) % 180 - 90 > 0 else 1.0
+        hsv[..., 0] = (h + inward * rng.uniform(6, 10) * along) % 180
         hsv[..., 2] = v * (1 - 0.45 * along)
     elif obj.texture == "mottled":  # soft light and dark patches
         coarse = rng.uniform(-1, 1, (5, 5)).astype(np.float32)
