@@ -14,7 +14,7 @@ from pseudolabel.base import (
     labeler_class,
     labeler_from_config,
 )
-from pseudolabel.classical import ClassicalLabeler, merge_small, shots
+from pseudolabel.classical import ClassicalLabeler, merge_by_colour, merge_small, shots
 from trajtok.config import PseudolabelConfig, load_config
 from trajtok.data.labels import LABEL_DTYPE, resize_frames, short_side_size, trajectory_stats, validate_labels
 from trajtok.data.synth import generate_clip
@@ -87,7 +87,7 @@ def test_describe_records_every_parameter():
     info = build_labeler("classical", {"min_area": 0.01}, max_trajectories=64).describe()
     assert info["name"] == "classical" and info["version"]
     assert info["params"]["min_area"] == 0.01 and info["params"]["max_trajectories"] == 64
-    assert info["params"]["target_trajectories"] == 24  # defaults are recorded too
+    assert info["params"]["target_trajectories"] == 16 and info["params"]["merge_tolerance"] == 14.0
     json.dumps(info)  # goes into every sample's JSON
 
 
@@ -193,3 +193,14 @@ def test_classical_on_real_videos(real_clips, name):
     assert 5 <= result.num_trajectories <= 128
     stats = result.trajectories
     assert np.average(stats.frames_present, weights=stats.area) >= 0.8 * len(frames)
+
+
+def test_regions_that_look_alike_merge_below_the_target():
+    """Three bands, the first two 5 CIELAB units apart, the third far off: with a target of 3 nothing has to
+    merge, a tolerance of 8 joins the lookalikes and nothing else, a tolerance of 4 joins none."""
+    seg = np.repeat(np.arange(3), 4)[None, :].repeat(4, axis=0)
+    lab = np.zeros((4, 12, 3), np.float32)
+    lab[..., 0] = np.array([50.0, 55.0, 90.0])[seg]
+    roots = {tolerance: merge_by_colour(seg, lab, 3, tolerance=tolerance) for tolerance in (0.0, 4.0, 8.0)}
+    assert len(set(roots[0.0])) == len(set(roots[4.0])) == 3
+    assert roots[8.0][0] == roots[8.0][1] != roots[8.0][2]
