@@ -122,10 +122,14 @@ def test_bench_reader_compares_a_revision_with_the_tree_through_the_cli(capsys) 
 
 
 @pytest.mark.slow
-def test_bench_ablate_through_the_cli(tmp_path, capsys) -> None:
+def test_bench_ablate_through_the_cli(tmp_path, capsys, monkeypatch) -> None:
     """One switch that leaves stage 1 alone: it warm-starts from the as-built segmenter, and its row
     carries the paper's sign and the change measured here."""
     from trajtok.config import load_config
+
+    # MLflow exports the store it is pointed at to MLFLOW_TRACKING_URI; undone after the test, so later
+    # tests' subprocesses (the demo's) do not inherit this test's store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     out, record = tmp_path / "ablate", tmp_path / "ablate.json"
     tiny = (
