@@ -58,8 +58,7 @@ def test_submit_smoke_locally_runs_two_ranks_that_all_reduce(tmp_path, capsys):
 @pytest.fixture
 def entries(tmp_path, monkeypatch) -> str:
     """A module of test entry points, importable by the spawned ranks through PYTHONPATH."""
-    (tmp_path / "entries_for_launch.py").write_text(
-        textwrap.dedent("""
+    (tmp_path / "entries_for_launch.py").write_text(textwrap.dedent("""
         import os
         import time
         from pathlib import Path
@@ -76,8 +75,7 @@ def entries(tmp_path, monkeypatch) -> str:
 
         def bad_input(cfg):
             raise ConfigError("data.shards 'nowhere/*.tar': no shards match")
-    """)
-    )
+    """))
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     monkeypatch.syspath_prepend(str(tmp_path))
     return "entries_for_launch"

@@ -39,17 +39,9 @@ def test_dry_run_prints_the_sbatch_script(capsys, tmp_path):
         "launch.time=240",
         "launch.mem_gb=400",
     )
-    for line in [
-        "--nodes=4",
-        "--ntasks-per-node=8",
-        "--gpus-per-node=8",
-        "--cpus-per-task=10",
-        "--partition=gpu",
-        "--time=240",
-        "--mem=400GB",
-        "--signal=USR2@120",
-        f"--output={tmp_path}/submitit/%j_0_log.out",
-    ]:
+    for line in ["--nodes=4", "--ntasks-per-node=8", "--gpus-per-node=8", "--cpus-per-task=10",
+                 "--partition=gpu", "--time=240", "--mem=400GB", "--signal=USR2@120",
+                 f"--output={tmp_path}/submitit/%j_0_log.out"]:
         assert f"#SBATCH {line}" in lines
     assert any(line.startswith("srun ") and "submitit.core._submit" in line for line in lines)
     assert not list(tmp_path.iterdir()), "a dry run must not write anything"
@@ -82,15 +74,8 @@ def _config(tmp_path: Path, *overrides: str):
 def test_two_task_smoke_job_all_reduces_across_tasks(slurm_cluster, deadline, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the job's working directory
     run_dir = tmp_path / "runs"
-    overrides = [
-        "smoke",
-        f"run_dir={run_dir}",
-        "launch.backend=slurm",
-        "launch.nproc=2",
-        "launch.time=5",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        "tracking.system_metrics=false",
-    ]
+    overrides = ["smoke", f"run_dir={run_dir}", "launch.backend=slurm", "launch.nproc=2", "launch.time=5",
+                 f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.system_metrics=false"]
     assert main(["submit", *overrides]) == 0
     out = capsys.readouterr().out
     job_id = re.search(r"submitted job (\d+)", out).group(1)

@@ -43,16 +43,7 @@ from trajtok.errors import ConfigError
 RUN_ID_FILE = "mlflow_run_id"
 # Distributions whose versions decide whether a run can be reproduced.
 TRACKED_PACKAGES = (
-    "trajtok",
-    "torch",
-    "deepspeed",
-    "ray",
-    "webdataset",
-    "decord",
-    "av",
-    "numpy",
-    "omegaconf",
-    "mlflow",
+    "trajtok", "torch", "deepspeed", "ray", "webdataset", "decord", "av", "numpy", "omegaconf", "mlflow",
     "submitit",
 )
 
@@ -72,9 +63,7 @@ def git_revision() -> dict[str, str]:
         ).stdout.strip()
         status = subprocess.run(
             ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
+            capture_output=True, text=True, check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):  # an installed wheel, or no git on the node
         return {}
@@ -227,10 +216,8 @@ def _open_run(cfg: JobConfig, run_dir: Path) -> Tracker:
 
 def _describe_new_run(tracker: Tracker, cfg: JobConfig, run_dir: Path) -> None:
     """Params, git tags and the provenance files, once per run (a resumed run keeps its first description)."""
-    params = [
-        Param(key, json.dumps(value) if isinstance(value, list | dict) else str(value))
-        for key, value in flatten(to_dict(cfg)).items()
-    ]
+    params = [Param(key, json.dumps(value) if isinstance(value, list | dict) else str(value))
+              for key, value in flatten(to_dict(cfg)).items()]
     info = provenance()
     tags = [RunTag("run_dir", str(run_dir.resolve()))]
     if info["git"]:
