@@ -45,7 +45,8 @@ def _port_open(host: str, port: int) -> bool:
 
 
 def _ray_start(args: list[str], cfg: JobConfig) -> subprocess.Popen:
-    resources = ["--num-cpus", str(cfg.launch.cpus_per_task)]
+    cpus = cfg.launch.cpus_per_task or len(os.sched_getaffinity(0))  # 0: the whole node the task was given
+    resources = ["--num-cpus", str(cpus)]
     if cfg.launch.gpus_per_node:
         resources += ["--num-gpus", str(cfg.launch.gpus_per_node)]
     command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats"]

@@ -2,10 +2,12 @@
 
 `submit(entry, cfg)` asks for `launch.nodes` nodes with one task per GPU (`launch.gpus_per_node`), or
 `launch.nproc` tasks per node on CPU nodes. Every task runs a `SlurmTask`, which exports RANK, WORLD_SIZE,
-LOCAL_RANK, MASTER_ADDR and MASTER_PORT from SLURM (`trajtok.distributed.distributed_env`), points
-`run_dir` at `<run_dir>/<job id>` (one output directory per job, holding its config, checkpoints and MLflow
-run id) and calls the entry with the config. With `ray=True` a job gets one task per node instead, which
-starts a Ray cluster across the allocation and runs the entry as its driver (`launch.ray_cluster`).
+LOCAL_RANK, MASTER_ADDR and MASTER_PORT from SLURM (`trajtok.distributed.distributed_env`) and calls the
+entry with the config. The run directory is the job's identity, not the job id: a job resubmitted with the
+same config after a crash, a `scancel` or its last requeue finds the earlier job's checkpoints and MLflow run
+id there and resumes (`train.resume=auto`, the default). With `ray=True` a job gets one task per node
+instead, which starts a Ray cluster across the allocation and runs the entry as its driver
+(`launch.ray_cluster`); such a job takes whole nodes unless `launch.cpus_per_task` says how many CPUs.
 
 On timeout or preemption SLURM signals the job (USR2, `signal_delay_s` before the end); submitit then calls
 `SlurmTask.checkpoint`, which resubmits the same task with `train.resume=auto` and requeues the job under
@@ -18,6 +20,7 @@ submitit's logs for all jobs go to `launch.folder` (default `<run_dir>/submitit`
 from __future__ import annotations
 
 import copy
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -40,10 +43,8 @@ class SlurmTask(submitit.helpers.Checkpointable):
         self.entry, self.cfg, self.ray = entry, cfg, ray
 
     def __call__(self) -> Any:
-        job = submitit.JobEnvironment()
-        cfg = copy.deepcopy(self.cfg)
-        cfg.run_dir = str(Path(self.cfg.run_dir) / str(job.job_id))
-        if job.global_rank == 0:
+        cfg = self.cfg
+        if submitit.JobEnvironment().global_rank == 0:
             save_config(cfg, cfg.run_dir)
         if self.ray:
             return run_ray_job(self.entry, cfg)
@@ -62,27 +63,59 @@ def log_folder(cfg: JobConfig) -> Path:
     return Path(cfg.launch.folder or Path(cfg.run_dir) / "submitit").resolve()
 
 
+# sbatch --time: minutes, minutes:seconds, hours:minutes:seconds, days-hours[:minutes[:seconds]]
+SLURM_TIME = re.compile(
+    r"^(?:(?P<days>\d+)-(?P<hours>\d+)(?::(?P<d_min>\d+)(?::(?P<d_sec>\d+))?)?"
+    r"|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)$"
+)
+
+
+def time_minutes(value: str) -> int:
+    """`launch.time` in whole minutes (seconds round up), read the way sbatch reads --time."""
+    match = SLURM_TIME.match(str(value).strip())
+    if match is None:
+        raise ConfigError(
+            f"launch.time '{value}': expected minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
+        )
+    part = {key: int(number) if number else 0 for key, number in match.groupdict().items()}
+    if match["days"] is not None:
+        seconds = ((part["days"] * 24 + part["hours"]) * 60 + part["d_min"]) * 60 + part["d_sec"]
+    elif match["c"] is not None:
+        seconds = (part["a"] * 60 + part["b"]) * 60 + part["c"]
+    else:
+        seconds = part["a"] * 60 + part["b"]
+    return -(-seconds // 60)
+
+
 def slurm_parameters(cfg: JobConfig, ray: bool = False) -> dict[str, Any]:
     """The sbatch options for `cfg.launch`, named as submitit's SlurmExecutor takes them."""
     launch = cfg.launch
-    if launch.nodes < 1 or launch.nproc < 1 or launch.time < 1:
+    minutes = time_minutes(launch.time)
+    if launch.nodes < 1 or launch.nproc < 1 or minutes < 1:
         raise ConfigError("launch.nodes, launch.nproc and launch.time must be >= 1")
+    whole_nodes = ray and not launch.cpus_per_task  # Ray schedules its own workers over every CPU it sees
+    setup = list(launch.setup)
+    if whole_nodes:  # the task, not just the job, gets every CPU: srun reads this as --cpus-per-task
+        setup.append("export SRUN_CPUS_PER_TASK=$SLURM_CPUS_ON_NODE")
     params: dict[str, Any] = {
         "job_name": f"trajtok-{Path(cfg.run_dir).name}",
         "nodes": launch.nodes,
         "ntasks_per_node": 1 if ray else (launch.gpus_per_node or launch.nproc),
-        "cpus_per_task": launch.cpus_per_task,
-        "time": launch.time,
+        "time": minutes,
         # Time to save state before the kill: 2 minutes, or half of a short job.
-        "signal_delay_s": min(120, launch.time * 30),
+        "signal_delay_s": min(120, minutes * 30),
     }
     optional = {
+        "cpus_per_task": launch.cpus_per_task,
         "gpus_per_node": launch.gpus_per_node,
-        "mem": f"{launch.mem_gb}GB" if launch.mem_gb else "",
+        "mem": f"{launch.mem_gb}GB" if launch.mem_gb else ("0" if whole_nodes else ""),
+        "exclusive": launch.exclusive or whole_nodes,
         "partition": launch.partition,
         "account": launch.account,
         "qos": launch.qos,
         "constraint": launch.constraint,
+        "setup": setup,
+        "additional_parameters": dict(launch.sbatch),
     }
     params.update({key: value for key, value in optional.items() if value})
     return params

@@ -142,6 +142,12 @@ def _track_result(tracker: NullTracker, summary: dict[str, Any], out: OutputDir,
         tracker.log_image(picture(samples), "overlays.png")
 
 
+def check_submission(cfg: JobConfig) -> None:
+    """`submit shard` on the submit host: the settings and the manifest, read, before the queue wait."""
+    check_config(cfg)
+    read_manifest(cfg.data.manifest, strict=False)
+
+
 def check_config(cfg: JobConfig) -> None:
     """Refuse, before any work, settings the job cannot run with; the message names the key."""
     p, c = cfg.pipeline, cfg.clip

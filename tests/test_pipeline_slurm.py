@@ -87,6 +87,6 @@ def test_submit_shard_runs_on_ray_inside_slurm(slurm_env: dict[str, str], tmp_pa
     summary = json.loads((out / "summary.json").read_text())
     assert summary["written"] == summary["rows"] == summary["clips"] == 4
     assert summary["run"]["shards_written"] == 2
-    assert (run_dir / job_id / "config.yaml").is_file()  # the SLURM task's own run directory
+    assert (run_dir / "config.yaml").is_file()  # the job's run directory, the same for a resubmission
     text = log.read_text() if log.exists() else ""
     assert "Ray runtime started" in text and "Job completed successfully" in text, text[-2000:]

@@ -7,8 +7,11 @@ starts SLURM where it can (root with apt) and skips where it cannot, except in C
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,7 @@ from launch.slurm import submit
 from trajtok.config import load_config
 
 JOB_TIMEOUT_S = 240
+STARTUP_ALLOWANCE_S = 10  # a fresh interpreter importing torch on a loaded 2-core CI machine
 
 
 def _sbatch_lines(capsys: pytest.CaptureFixture, *overrides: str) -> set[str]:
@@ -39,9 +43,17 @@ def test_dry_run_prints_the_sbatch_script(capsys, tmp_path):
         "launch.time=240",
         "launch.mem_gb=400",
     )
-    for line in ["--nodes=4", "--ntasks-per-node=8", "--gpus-per-node=8", "--cpus-per-task=10",
-                 "--partition=gpu", "--time=240", "--mem=400GB", "--signal=USR2@120",
-                 f"--output={tmp_path}/submitit/%j_0_log.out"]:
+    for line in [
+        "--nodes=4",
+        "--ntasks-per-node=8",
+        "--gpus-per-node=8",
+        "--cpus-per-task=10",
+        "--partition=gpu",
+        "--time=240",
+        "--mem=400GB",
+        "--signal=USR2@120",
+        f"--output={tmp_path}/submitit/%j_0_log.out",
+    ]:
         assert f"#SBATCH {line}" in lines
     assert any(line.startswith("srun ") and "submitit.core._submit" in line for line in lines)
     assert not list(tmp_path.iterdir()), "a dry run must not write anything"
@@ -53,6 +65,104 @@ def test_dry_run_on_cpu_nodes_and_for_ray_jobs(capsys, tmp_path):
     assert not any("--gpus-per-node" in line or "--partition" in line for line in cpu)
     ray = _sbatch_lines(capsys, "ray-smoke", f"run_dir={tmp_path}", "launch.nodes=3", "launch.nproc=4")
     assert {"#SBATCH --nodes=3", "#SBATCH --ntasks-per-node=1"} <= ray  # one Ray node per SLURM node
+
+
+@pytest.mark.parametrize(
+    "written, minutes",
+    [
+        ("90", 90),
+        ("30:30", 31),
+        ("24:00:00", 1440),
+        ("0:10:00", 10),
+        ("2-12", 3600),
+        ("1-00:30", 1470),
+        ("1-00:00:30", 1441),
+    ],
+)
+def test_launch_time_takes_every_form_sbatch_does(capsys, tmp_path, written, minutes):
+    lines = _sbatch_lines(capsys, "smoke", f"run_dir={tmp_path}", f"launch.time={written}")
+    assert f"#SBATCH --time={minutes}" in lines
+    config = tmp_path / "job.yaml"  # in a file YAML 1.1 would read 24:00:00 as 86400 (base 60)
+    config.write_text(f"launch:\n  time: {written}\n")
+    assert load_config(config).launch.time == written
+
+
+def test_a_launch_time_sbatch_would_not_take_is_one_line(run_cli, tmp_path):
+    result = run_cli(
+        "submit",
+        "smoke",
+        f"run_dir={tmp_path}",
+        "launch.backend=slurm",
+        "launch.dry_run=true",
+        "launch.time=24h",
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "launch.time '24h': expected minutes, MM:SS, HH:MM:SS" in result.stderr.strip().splitlines()[-1]
+
+
+def test_setup_lines_extra_options_and_whole_nodes_for_ray(capsys, tmp_path):
+    lines = _sbatch_lines(
+        capsys,
+        "smoke",
+        f"run_dir={tmp_path}",
+        "launch.exclusive=true",
+        "launch.setup=[module load cuda/12.4,export NCCL_DEBUG=WARN]",
+        "launch.sbatch={mail-type: END,comment: trajtok}",
+    )
+    assert {
+        "#SBATCH --exclusive",
+        "#SBATCH --mail-type=END",
+        "#SBATCH --comment=trajtok",
+        "module load cuda/12.4",
+        "export NCCL_DEBUG=WARN",
+    } <= lines
+    assert not any(line.startswith("#SBATCH --cpus-per-task") for line in lines)  # SLURM's default
+    manifest = tmp_path / "m.jsonl"  # `submit shard` reads its manifest before printing or queueing
+    manifest.write_text('{"video": "a.mp4", "caption": "a red square moves left"}\n')
+    shard = ["shard", f"run_dir={tmp_path}", f"data.manifest={manifest}", f"pipeline.out={tmp_path / 'out'}"]
+    ray = _sbatch_lines(capsys, *shard, "launch.nodes=8")
+    assert {"#SBATCH --exclusive", "#SBATCH --mem=0", "export SRUN_CPUS_PER_TASK=$SLURM_CPUS_ON_NODE"} <= ray
+    told = _sbatch_lines(capsys, *shard, "launch.cpus_per_task=16", "launch.mem_gb=64")
+    assert {"#SBATCH --cpus-per-task=16", "#SBATCH --mem=64GB"} <= told
+    assert not any("exclusive" in line or "SRUN_CPUS" in line for line in told)
+
+
+@pytest.mark.parametrize(
+    "target, overrides, refusal",
+    [
+        ("train", ["data.shards=/nowhere/shard-{000000..000009}.tar"], "data.shards '/nowhere/"),
+        ("train", ["data.shards={shards}", "model.size=nope"], "model.size"),
+        ("shard", ["data.manifest=/nowhere/m.jsonl", "pipeline.out={out}"], "/nowhere/m.jsonl"),
+    ],
+)
+def test_submit_refuses_a_job_bound_to_fail_before_sbatch(
+    target, overrides, refusal, tmp_path, synthetic_shards
+):
+    bin_dir = tmp_path / "bin"  # an sbatch that only records that it was called
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ntouch {tmp_path}/sbatch-called\nexit 1\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    filled = [
+        o.replace("{shards}", synthetic_shards.pattern).replace("{out}", str(tmp_path / "out"))
+        for o in overrides
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "launch.cli",
+        "submit",
+        target,
+        *filled,
+        f"run_dir={tmp_path / 'run'}",
+        "launch.backend=slurm",
+    ]
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    started = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert time.monotonic() - started < 5 + STARTUP_ALLOWANCE_S
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert refusal in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "sbatch-called").exists() and not (tmp_path / "run").exists()
 
 
 def _config(tmp_path: Path, *overrides: str):
@@ -74,8 +184,15 @@ def _config(tmp_path: Path, *overrides: str):
 def test_two_task_smoke_job_all_reduces_across_tasks(slurm_cluster, deadline, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the job's working directory
     run_dir = tmp_path / "runs"
-    overrides = ["smoke", f"run_dir={run_dir}", "launch.backend=slurm", "launch.nproc=2", "launch.time=5",
-                 f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.system_metrics=false"]
+    overrides = [
+        "smoke",
+        f"run_dir={run_dir}",
+        "launch.backend=slurm",
+        "launch.nproc=2",
+        "launch.time=5",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "tracking.system_metrics=false",
+    ]
     assert main(["submit", *overrides]) == 0
     out = capsys.readouterr().out
     job_id = re.search(r"submitted job (\d+)", out).group(1)
@@ -86,7 +203,7 @@ def test_two_task_smoke_job_all_reduces_across_tasks(slurm_cluster, deadline, tm
     assert all(r["world_size"] == 2 and r["all_reduce"] == 3.0 and r["ok"] for r in results)
     assert results[0]["mlflow_run_id"] == results[1]["mlflow_run_id"] is not None
     assert log == run_dir / "submitit" / f"{job_id}_0_log.out" and '"rank": 0' in log.read_text()
-    job_dir = run_dir / job_id  # one output directory per job id
+    job_dir = run_dir  # the run directory is the job's identity; logs are per job id
     assert (job_dir / "mlflow_run_id").read_text().strip() == results[0]["mlflow_run_id"]
     assert load_config(job_dir / "config.yaml").run_dir == str(job_dir)
 
@@ -101,7 +218,7 @@ def test_preempted_job_is_requeued_and_resumes_its_state_and_mlflow_run(
     hold = ["launch.time=60", "launch.smoke_hold_s=600"]
     cfg = _config(tmp_path, "launch.nproc=2", *hold, "train.resume=none")
     job = submit("trajtok.distributed:smoke", cfg)
-    job_dir = tmp_path / "runs" / job.job_id
+    job_dir = tmp_path / "runs"
     attempts = job_dir / "smoke_attempts.json"
     deadline(JOB_TIMEOUT_S).wait_for(attempts.is_file, "the first attempt's saved state")
     first_run_id = (job_dir / "mlflow_run_id").read_text().strip()

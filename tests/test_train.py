@@ -11,7 +11,13 @@ import torch
 from trajtok.config import TrainConfig, load_config
 from trajtok.errors import ConfigError
 from trajtok.models.registry import build_model
-from trajtok.train.checkpoint import STATE_FILE, TrainState, complete_checkpoints, resolve_resume
+from trajtok.train.checkpoint import (
+    STATE_FILE,
+    TrainState,
+    complete_checkpoints,
+    resolve_resume,
+    set_aside_earlier_run,
+)
 from trajtok.train.engine import check_train_config, deepspeed_config, param_groups, scalars_as_vectors
 from trajtok.train.loop import early_matching
 from trajtok.train.schedule import lr_at
@@ -98,6 +104,21 @@ def test_resume_finds_the_newest_complete_checkpoint(tmp_path: Path):
     )
     with pytest.raises(ConfigError, match="train.resume"):
         resolve_resume(str(tmp_path / "checkpoints" / "step-00000012"), tmp_path)
+
+
+def test_a_fresh_start_sets_an_earlier_run_aside_and_says_so(tmp_path: Path):
+    assert set_aside_earlier_run(tmp_path, ("mlflow_run_id",)) is None  # nothing there: nothing said
+    _fake_checkpoint(tmp_path, 300)
+    (tmp_path / "mlflow_run_id").write_text("abc\n")
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    line = set_aside_earlier_run(tmp_path, ("mlflow_run_id",))
+    assert "step-00000300" in line and "previous/0" in line and "\n" not in line
+    assert resolve_resume("auto", tmp_path) is None  # the new run's checkpoints are its own
+    assert not (tmp_path / "mlflow_run_id").exists() and (tmp_path / "config.yaml").is_file()
+    assert (tmp_path / "previous" / "0" / "mlflow_run_id").read_text() == "abc\n"
+    assert resolve_resume("auto", tmp_path / "previous" / "0").name == "step-00000300"
+    _fake_checkpoint(tmp_path, 4)
+    assert "previous/1" in set_aside_earlier_run(tmp_path, ())  # a second fresh start keeps both
 
 
 def test_train_command_refuses_bad_settings_in_one_line(tmp_path: Path, run_cli):

@@ -1,7 +1,9 @@
 """DeepSpeed training as a real SLURM job (the session's one-node cluster on loopback, see conftest).
 
-A 2-task job trains and checkpoints; a job preempted after its first checkpoint is requeued by submitit's
-`checkpoint()` and its second attempt resumes from that checkpoint in the same MLflow run.
+A 2-task job killed after its first checkpoint and submitted again with the same command resumes from it
+in the same MLflow run (the run directory, not the job id, is the job's identity); a job preempted after
+its first checkpoint is requeued by submitit's `checkpoint()`, and its second attempt resumes from that
+checkpoint in the same MLflow run.
 """
 
 from __future__ import annotations
@@ -47,22 +49,45 @@ def _losses(tmp_path: Path, job_dir: Path) -> dict[int, float]:
     return {m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}
 
 
+def _submitted(capsys: pytest.CaptureFixture, args: list[str], run_dir: Path) -> submitit.SlurmJob:
+    assert main(args) == 0
+    job_id = re.search(r"submitted job (\d+)", capsys.readouterr().out).group(1)
+    return submitit.SlurmJob(folder=run_dir / "submitit", job_id=job_id, tasks=(0, 1))
+
+
 @pytest.mark.slurm
-@pytest.mark.timeout(JOB_TIMEOUT_S + 60)
-def test_two_task_job_trains_and_checkpoints(
+@pytest.mark.timeout(2 * JOB_TIMEOUT_S + 60)
+def test_a_killed_job_resubmitted_with_the_same_command_resumes_in_the_same_run(
     slurm_cluster, deadline, synthetic_shards, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    overrides = [*_overrides(synthetic_shards.pattern, tmp_path, steps=8), "launch.time=10"]
-    assert main(["submit", "train", str(CONFIG), *overrides]) == 0
-    job_id = re.search(r"submitted job (\d+)", capsys.readouterr().out).group(1)
-    job = submitit.SlurmJob(folder=tmp_path / "runs" / "submitit", job_id=job_id, tasks=(0, 1))
-    assert deadline(JOB_TIMEOUT_S).results(job) == [0, 0]
-    job_dir = tmp_path / "runs" / job_id
-    assert [p.name for p in complete_checkpoints(job_dir)] == ["step-00000004", "step-00000008"]
-    assert (job_dir / "checkpoints" / "step-00000008" / "rng-rank1.pt").is_file()  # both tasks saved
-    assert (job_dir / WEIGHTS_FILE).is_file()
-    assert sorted(_losses(tmp_path, job_dir)) == list(range(1, 9))
+    run_dir = tmp_path / "runs"
+    args = [
+        "submit",
+        "train",
+        str(CONFIG),
+        *_overrides(synthetic_shards.pattern, tmp_path, steps=12),
+        "launch.time=0:10:00",
+    ]
+    first = _submitted(capsys, args, run_dir)
+    deadline(JOB_TIMEOUT_S).wait_for(
+        (run_dir / "checkpoints" / "step-00000004" / "state.json").is_file, "the first checkpoint"
+    )
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    subprocess.run(["scancel", first.job_id], check=True)  # a kill: nothing is requeued
+    deadline(JOB_TIMEOUT_S).wait_for(first.done, f"job {first.job_id} to end")
+
+    second = _submitted(capsys, args, run_dir)  # the same command again
+    assert second.job_id != first.job_id
+    assert deadline(JOB_TIMEOUT_S).results(second) == [0, 0]
+    logs = second.paths.stdout.read_text() + second.paths.stderr.read_text()
+    resumed = re.findall(r"resumed from \S+step-(\d+) at step (\d+)", logs)
+    assert resumed and int(resumed[0][1]) >= 4, logs[-3000:]
+    assert (run_dir / "mlflow_run_id").read_text().strip() == run_id  # the same MLflow run
+    assert [p.name for p in complete_checkpoints(run_dir)][-1] == "step-00000012"
+    assert (run_dir / "checkpoints" / "step-00000012" / "rng-rank1.pt").is_file()  # both tasks saved
+    assert (run_dir / WEIGHTS_FILE).is_file()
+    assert sorted(_losses(tmp_path, run_dir)) == list(range(1, 13))
 
 
 @pytest.mark.slurm
@@ -74,7 +99,7 @@ def test_preempted_training_requeues_and_resumes_from_its_checkpoint(
     # A 60-minute limit makes submitit read USR2 as a preemption (requeue) rather than a timeout.
     cfg = load_config(CONFIG, [*_overrides(synthetic_shards.pattern, tmp_path, steps=40), "launch.time=60"])
     job = submit("trajtok.train.loop:main", cfg)
-    job_dir = tmp_path / "runs" / job.job_id
+    job_dir = tmp_path / "runs"
     first_checkpoint = job_dir / "checkpoints" / "step-00000004" / "state.json"
     deadline(JOB_TIMEOUT_S).wait_for(first_checkpoint.is_file, "the first checkpoint")
     run_id = (job_dir / "mlflow_run_id").read_text().strip()

@@ -11,12 +11,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+try:  # OmegaConf's own YAML loader (floats like 1e-4, duplicate keys refused); private, moved in 2.4
+    from omegaconf._yaml import get_yaml_loader
+except ImportError:  # omegaconf 2.3
+    from omegaconf._utils import get_yaml_loader
 
 from trajtok.errors import ConfigError
 
@@ -154,10 +161,13 @@ class LaunchConfig:
     nproc: int = 1  # local processes
     nodes: int = 1
     gpus_per_node: int = 0
-    cpus_per_task: int = 1
-    mem_gb: int = 0
+    cpus_per_task: int = 0  # 0 = SLURM's default (1); Ray jobs (`submit shard`): every CPU of the node
+    mem_gb: int = 0  # 0 = the partition's default; Ray jobs: all of the node's memory
+    exclusive: bool = False  # the nodes to this job alone (Ray jobs are, unless cpus_per_task is set)
+    setup: list[str] = field(default_factory=list)  # shell lines run before the job: module load, exports
+    sbatch: dict[str, Any] = field(default_factory=dict)  # further sbatch options: {mail-type: END, ...}
     partition: str = ""
-    time: int = 60  # minutes
+    time: str = "60"  # as sbatch takes it: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS
     account: str = ""
     qos: str = ""
     constraint: str = ""
@@ -260,6 +270,34 @@ class JobConfig:
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
+INT_TAG = "tag:yaml.org,2002:int"
+# YAML 1.1's integers without its base-60 form: `24:00:00` stays the string a SLURM user typed, not 86400
+DECIMAL_INT = re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$")
+
+
+def _yaml_loader() -> type:
+    """OmegaConf's loader, less sexagesimal integers (times and ports written with colons stay strings)."""
+    base = get_yaml_loader()
+    loader = type("TrajtokYamlLoader", (base,), {})
+    loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != INT_TAG]
+        for first, resolvers in base.yaml_implicit_resolvers.items()
+    }
+    loader.add_implicit_resolver(INT_TAG, DECIMAL_INT, list("-+0123456789"))
+    return loader
+
+
+YAML_LOADER = _yaml_loader()
+
+
+def _override(item: str) -> DictConfig:
+    """One `key=value` override as a nested config, its value read as YAML (as OmegaConf's dotlist does)."""
+    key, value = item.split("=", 1)
+    node = OmegaConf.create()
+    OmegaConf.update(node, key, yaml.load(value, Loader=YAML_LOADER) if value else None)
+    return node
+
+
 def _describe(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None) or getattr(err, "key", None)
     reason = str(err).splitlines()[0]
@@ -274,7 +312,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            file_cfg = OmegaConf.load(path)
+            file_cfg = OmegaConf.create(yaml.load(path.read_text(), Loader=YAML_LOADER) or {})
         except Exception as err:  # yaml.YAMLError and friends: one line is enough for the user
             raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
         try:
@@ -285,9 +323,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key=value")
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            merged = OmegaConf.merge(merged, _override(item))
         except OmegaConfBaseException as err:
             raise ConfigError(f"override '{item}': {_describe(err)}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{item}': not valid YAML: {str(err).splitlines()[0]}") from None
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:

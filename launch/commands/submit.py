@@ -18,6 +18,7 @@ class Target(NamedTuple):
     entry: str  # "module:function", the function takes the JobConfig
     help: str
     ray: bool = False  # one task per node running a Ray cluster, the entry as its driver
+    check: str = ""  # "module:function" run on the submit host before sbatch: refuses a job bound to fail
 
 
 TARGETS: dict[str, Target] = {
@@ -25,8 +26,17 @@ TARGETS: dict[str, Target] = {
         "trajtok.distributed:smoke",
         "cluster smoke test: all ranks all_reduce; rank 0 records the attempt in the run dir and MLflow",
     ),
-    "train": Target("trajtok.train.loop:main", "DeepSpeed training: a task per GPU (or launch.nproc)"),
-    "shard": Target("pipeline.job:run_shard_job", "trajtok shard on a Ray cluster over the nodes", ray=True),
+    "train": Target(
+        "trajtok.train.loop:main",
+        "DeepSpeed training: a task per GPU (or launch.nproc)",
+        check="trajtok.train.loop:check_submission",
+    ),
+    "shard": Target(
+        "pipeline.job:run_shard_job",
+        "trajtok shard on a Ray cluster over the nodes",
+        ray=True,
+        check="pipeline.job:check_submission",
+    ),
     "ray-smoke": Target(
         "launch.ray_cluster:smoke",
         "Ray smoke test: start a Ray cluster across the nodes, run one task per CPU, report the nodes",
@@ -56,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
     target = TARGETS[args.target]
     backend = cfg.launch.backend
     if backend == "slurm":
+        from launch.local import load_entry
         from launch.slurm import log_folder, sbatch_script, submit
+
+        if target.check:  # what the job would refuse after its queue wait, refused now
+            load_entry(target.check)(cfg)
 
         if cfg.launch.dry_run:
             print(sbatch_script(cfg, ray=target.ray), end="")
@@ -64,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         job = submit(target.entry, cfg, ray=target.ray)
         print(f"submitted job {job.job_id}: {args.target} ({target.entry})")
         print(f"log: {job.paths.stdout}")
-        print(f"run directory: {cfg.run_dir}/{job.job_id}; submitit files: {log_folder(cfg)}")
+        print(f"run directory: {cfg.run_dir}; submitit files: {log_folder(cfg)}")
         return 0
     if backend == "local":
         if cfg.launch.dry_run:

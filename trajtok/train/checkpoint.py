@@ -99,6 +99,24 @@ def save_checkpoint(
     return target
 
 
+def set_aside_earlier_run(run_dir: str | Path, kept_files: tuple[str, ...]) -> str | None:
+    """Move an earlier run's checkpoints and `kept_files` into `previous/<n>/` so a fresh start
+    (`train.resume=none`) neither mixes its checkpoints with theirs nor logs into their MLflow run.
+    Returns one line saying what was moved, or None when the directory held no earlier run."""
+    root = Path(run_dir)
+    found = [root / name for name in (CHECKPOINT_DIR, WEIGHTS_FILE, *kept_files) if (root / name).exists()]
+    if not found:
+        return None
+    last = complete_checkpoints(root)
+    previous = root / "previous"
+    target = previous / str(sum(1 for _ in previous.glob("*")) if previous.is_dir() else 0)
+    target.mkdir(parents=True)
+    for path in found:
+        path.rename(target / path.name)
+    upto = f"checkpoints up to {last[-1].name}" if last else "no complete checkpoint"
+    return f"train.resume=none: {root} held an earlier run ({upto}); moved to {target}, starting at step 0"
+
+
 def _retain(root: Path, keep: int, newest: Path) -> None:
     """Remove complete checkpoints beyond the newest `keep`, and any incomplete one (a killed save)."""
     complete = complete_checkpoints(root.parent)

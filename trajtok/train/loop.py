@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import torch
 
@@ -25,7 +26,7 @@ from trajtok.models.output import ModelOutput
 from trajtok.models.registry import build_model
 from trajtok.models.segmenter import VideoSegmenter
 from trajtok.models.text import build_tokenizer
-from trajtok.tracking import start_tracker
+from trajtok.tracking import RUN_ID_FILE, start_tracker
 from trajtok.train.checkpoint import (
     WEIGHTS_FILE,
     TrainState,
@@ -33,6 +34,7 @@ from trajtok.train.checkpoint import (
     load_checkpoint,
     resolve_resume,
     save_checkpoint,
+    set_aside_earlier_run,
 )
 from trajtok.train.engine import build_engine, check_train_config, compute_dtype, set_lr
 from trajtok.train.metrics import TrainMeter, format_line
@@ -45,15 +47,33 @@ log = logging.getLogger("trajtok.train")
 TRAINABLE = ("trajvit2", "vit3d", "segmenter")  # trajadapter probes frozen features: evaluation's job
 
 
-def check_job(cfg: JobConfig) -> None:
-    """Refuse a config this loop cannot run, before any process starts."""
+def check_job(cfg: JobConfig, on_gpu: bool | None = None) -> None:
+    """Refuse a config this loop cannot run, before any process starts (`on_gpu`: default, this host's)."""
     if cfg.model.name not in TRAINABLE:
         raise ConfigError(f"model.name '{cfg.model.name}': train takes one of {', '.join(TRAINABLE)}")
     if not expand_shards(cfg.data.shards):
         raise ConfigError(f"data.shards '{cfg.data.shards}': names no shard")
     if cfg.model.init:
         weights_file(cfg.model.init)
-    check_train_config(cfg.train, on_gpu=torch.cuda.is_available())
+    check_train_config(cfg.train, on_gpu=torch.cuda.is_available() if on_gpu is None else on_gpu)
+
+
+def check_submission(cfg: JobConfig) -> None:
+    """`submit train` on the submit host: the job's own checks for the GPUs it asks for, and the model
+    built on the meta device (no memory, no time), so a bad size or part fails before the queue wait."""
+    check_job(cfg, on_gpu=cfg.launch.gpus_per_node > 0)
+    urls = expand_shards(cfg.data.shards)
+    local = [url for url in urls if "://" not in url]
+    remote = [url for url in urls if "://" in url][:: max(len(urls) - 1, 1)]  # first and last: one call each
+    missing = [url for url in local if not Path(url).is_file()]
+    missing += [url for url in remote if not fsspec.core.url_to_fs(url)[0].exists(url)]
+    if missing:
+        raise ConfigError(
+            f"data.shards '{cfg.data.shards}': {len(missing)} of {len(urls)} shard(s) not found from this "
+            f"host (e.g. {missing[0]})"
+        )
+    with torch.device("meta"):
+        build_model(cfg.model, cfg.clip)
 
 
 def early_matching(model: torch.nn.Module) -> EarlyMatching | None:
@@ -71,6 +91,11 @@ def main(cfg: JobConfig) -> int:
     rank, world_size = env.rank, env.world_size
     device = torch.device("cuda", env.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     _setup_logging(rank)
+    if cfg.train.resume == "none" and rank == 0:  # a fresh start over another run's state says so
+        moved = set_aside_earlier_run(cfg.run_dir, (RUN_ID_FILE,))
+        if moved:
+            log.warning(moved)
+    torch.distributed.barrier()
     mode = "segmenter" if cfg.model.name == "segmenter" else "joint"
 
     # model and engine: the same seed on every rank, so the same initial weights and the same random draws
