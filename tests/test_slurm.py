@@ -236,12 +236,13 @@ def test_preempted_job_is_requeued_and_resumes_its_state_and_mlflow_run(
 
 @pytest.mark.slurm
 @pytest.mark.timeout(JOB_TIMEOUT_S + 60)
-def test_ray_cluster_inside_a_slurm_job(slurm_cluster, deadline, tmp_path, monkeypatch):
+@pytest.mark.parametrize("cpus_per_task", [2, 0])  # 0: the whole node (--exclusive, --mem=0, every CPU)
+def test_ray_cluster_inside_a_slurm_job(slurm_cluster, deadline, tmp_path, monkeypatch, cpus_per_task):
     monkeypatch.chdir(tmp_path)
-    cfg = _config(tmp_path, "launch.cpus_per_task=2", "launch.time=10")
+    cfg = _config(tmp_path, f"launch.cpus_per_task={cpus_per_task}", "launch.time=10")
     job = submit("launch.ray_cluster:smoke", cfg, ray=True)
     (result,) = deadline(JOB_TIMEOUT_S).results(job)
-    assert result["nodes"] == 1 and result["cpus"] == 2
+    assert result["nodes"] == 1 and result["cpus"] == (cpus_per_task or len(os.sched_getaffinity(0)))
     assert result["address"].endswith(f":{20000 + int(job.job_id) % 20000}")
 
 

@@ -64,7 +64,8 @@ def check_submission(cfg: JobConfig) -> None:
     check_job(cfg, on_gpu=cfg.launch.gpus_per_node > 0)
     urls = expand_shards(cfg.data.shards)
     local = [url for url in urls if "://" not in url]
-    remote = [url for url in urls if "://" in url][:: max(len(urls) - 1, 1)]  # first and last: one call each
+    remote = [url for url in urls if "://" in url]
+    remote = remote[:: max(len(remote) - 1, 1)]  # the first and the last: one request each
     missing = [url for url in local if not Path(url).is_file()]
     missing += [url for url in remote if not fsspec.core.url_to_fs(url)[0].exists(url)]
     if missing:
