@@ -110,7 +110,8 @@ def has_ground_truth(manifest: Path) -> bool:
 
 
 def label_real_videos(cfg: JobConfig, out: Path) -> list[Path]:
-    """Label each real video once with the configured labeler and save its overlay picture."""
+    """Label a few seconds of each real video with the configured labeler and save its overlay picture."""
+    from launch.commands.label import window_seconds
     from pseudolabel.base import labeler_from_config
     from trajtok.data.video import load_clip
     from trajtok.viz import overlay_grid, write_png
@@ -126,7 +127,9 @@ def label_real_videos(cfg: JobConfig, out: Path) -> list[Path]:
     pictures = []
     for video in videos:
         try:
-            frames, timestamps, _ = load_clip(str(video), cfg.clip.frames, mode="middle")
+            frames, timestamps, _ = load_clip(
+                str(video), cfg.clip.frames, mode="middle", window_seconds=window_seconds(cfg.clip)
+            )
         except TrajTokError as err:
             print(f"{video.name}: skipped: {err}")
             continue

@@ -265,6 +265,20 @@ def test_inspect_finds_a_corrupt_shard(finished_job, tmp_path: Path):
     report, _ = inspect_shards(str(copy))
     assert not report.ok
     assert main(["shards", "inspect", str(copy), "--picture", str(tmp_path / "p.png")]) == 1
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_inspect_writes_its_picture_into_the_folder_not_the_working_directory(
+    finished_job, tmp_path: Path, monkeypatch
+):
+    cfg, _ = finished_job
+    copy = tmp_path / "copy"
+    shutil.copytree(cfg.pipeline.out, copy)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["shards", "inspect", str(copy)]) == 0
+    assert (copy / "inspect.png").stat().st_size > 0 and not any(elsewhere.iterdir())
 
 
 def test_rerun_skips_finished_shards_and_redoes_a_partial_one(finished_job, tmp_path: Path):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from launch.cli import main
 from trajtok.data.labels import load_labels, resize_frames, short_side_size
-from trajtok.data.video import load_clip
+from trajtok.data.video import labelling_window, load_clip, open_video
 from trajtok.viz import overlay_grid, trajectory_colours
 
 
@@ -19,7 +19,8 @@ def labelled(shared_videos, tmp_path_factory):
     """`trajtok label vtest.avi` on 6 frames at 96 px, and the frames it labelled."""
     out = tmp_path_factory.mktemp("label")
     video = shared_videos / "vtest.avi"
-    assert main(["label", str(video), "clip.frames=6", "clip.size=96", "--out", str(out), "--end", "6"]) == 0
+    args = ["clip.frames=6", "clip.size=96", "--out", str(out), "--start", "0", "--end", "6"]
+    assert main(["label", str(video), *args]) == 0
     frames, _, _ = load_clip(video, 6, "middle", None, 6.0)
     frames = resize_frames(frames, short_side_size(*frames.shape[1:3], 96, multiple=2))
     return out, frames
@@ -73,6 +74,40 @@ def test_viz_draws_a_trajvit_sidecar(tmp_path, shared_videos):
     assert main(["viz", str(tmp_path / "tree_mask.npz")]) == 0
     picture = np.asarray(Image.open(tmp_path / "tree_overlay.png"))
     assert picture.shape == (2 * 24 + 2, 2 * 32 + 2, 3)
+
+
+@pytest.mark.parametrize(
+    "duration, seconds, start, end, window",
+    [
+        (80.0, 4.0, None, None, (38.0, 42.0)),  # the middle few seconds of a long video
+        (3.0, 4.0, None, None, (None, None)),  # a short video whole
+        (80.0, 4.0, 10.0, None, (10.0, 14.0)),
+        (80.0, 4.0, None, 3.0, (0.0, 3.0)),
+        (80.0, 4.0, 5.0, 50.0, (5.0, 50.0)),  # both ends given: as asked
+        (80.0, 0.0, None, None, (None, None)),  # 0 = the whole video
+    ],
+)
+def test_labelling_window(duration, seconds, start, end, window):
+    assert labelling_window(duration, seconds, start, end) == window
+
+
+def test_label_takes_a_few_seconds_of_the_middle_unless_told(shared_videos, tmp_path):
+    video = shared_videos / "vtest.avi"
+    with open_video(video) as reader:
+        middle = reader.info.duration / 2
+    assert middle > 10
+
+    def timestamps(*args: str) -> list[float]:
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        assert main(["label", str(video), "clip.frames=4", "clip.size=64", "--out", str(out), *args]) == 0
+        return json.loads((out / "vtest_labels.json").read_text())["timestamps"]
+
+    default = timestamps()
+    assert middle - 2 <= default[0] and default[-1] < middle + 2
+    from_ten = timestamps("--start", "10")
+    assert from_ten[0] >= 10 and from_ten[-1] < 14
+    whole = timestamps("--seconds", "0")
+    assert whole[-1] - whole[0] > middle
 
 
 def test_user_errors_are_one_line(tmp_path, shared_videos, capsys):

@@ -1,8 +1,10 @@
 """`trajtok label VIDEO`: pseudo-label one video and write its label map and pictures of it.
 
 The quickest way to see what the labels look like: one clip of `clip.frames` frames at `clip.size` short
-side, labelled by the configured labeler, written as a label map (`.npz`), a record of how it was made
-(`.json`), an overlay grid (`.png`) and an animation (`.gif`) in which each trajectory keeps one colour.
+side, from a window of a few seconds in the middle of the video (frames spread over a whole long video are
+too far apart to follow anything), labelled by the configured labeler, written as a label map (`.npz`), a
+record of how it was made (`.json`), an overlay grid (`.png`) and an animation (`.gif`) in which each
+trajectory keeps one colour.
 """
 
 from __future__ import annotations
@@ -12,15 +14,25 @@ import json
 import time
 from pathlib import Path
 
-from trajtok.config import load_config
+from trajtok.config import ClipConfig, load_config
+
+DEFAULT_SECONDS = 4.0  # a training clip's length: long enough to move, short enough to follow
+
+
+def window_seconds(clip: ClipConfig, asked: float | None = None) -> float:
+    """The labelling window: what was asked, else the config's clip length, else `DEFAULT_SECONDS`."""
+    if asked is not None:
+        return asked
+    return clip.seconds if clip.seconds > 0 else DEFAULT_SECONDS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "label",
         help="pseudo-label one video; write the label map, a PNG grid and a GIF of its trajectories",
-        description="Sample clip.frames frames (bin centres) from VIDEO, or from [--start, --end) seconds, "
-        "resize them to clip.size short side, label them with pseudolabel.name and write to --out: "
+        description="Sample clip.frames frames (bin centres) from --seconds of the middle of VIDEO, or from "
+        "[--start, --end) seconds, resize them to clip.size short side, label them with pseudolabel.name "
+        "and write to --out: "
         "<stem>_labels.npz (uint16 (T, H, W), 0 = unlabeled), <stem>_labels.json (labeler, parameters, "
         "timestamps, trajectories), <stem>_overlay.png and <stem>_overlay.gif.",
     )
@@ -38,8 +50,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", default="labels-out", metavar="DIR", help="output folder (default: %(default)s)"
     )
-    parser.add_argument("--start", type=float, metavar="SECONDS", help="clip start (default: video start)")
-    parser.add_argument("--end", type=float, metavar="SECONDS", help="clip end (default: video end)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        metavar="S",
+        help=f"window length; 0 = the whole video (default: clip.seconds if set, else {DEFAULT_SECONDS:g})",
+    )
+    for flag, other, word in (("--start", "--end", "before"), ("--end", "--start", "after")):
+        parser.add_argument(
+            flag,
+            type=float,
+            metavar="SECONDS",
+            help=f"window {flag[2:]} (default: --seconds {word} {other}, or centred)",
+        )
     parser.add_argument("--fps", type=float, default=4.0, help="GIF frame rate (default: %(default)s)")
     parser.set_defaults(func=run)
 
@@ -55,7 +78,14 @@ def run(args: argparse.Namespace) -> int:
     labeler = labeler_from_config(cfg.pseudolabel)
 
     started = time.perf_counter()
-    frames, times, info = load_clip(args.video, cfg.clip.frames, "middle", args.start, args.end)
+    frames, times, info = load_clip(
+        args.video,
+        cfg.clip.frames,
+        "middle",
+        args.start,
+        args.end,
+        window_seconds=window_seconds(cfg.clip, args.seconds),
+    )
     frames = resize_frames(frames, short_side_size(*frames.shape[1:3], cfg.clip.size, multiple=2))
     decoded = time.perf_counter()
     result = labeler.label(frames, times, source=args.video)
@@ -82,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     gif = write_gif(out / f"{stem}_overlay.gif", overlay_frames(frames, result.labels), fps=args.fps)
     h, w = frames.shape[1:3]
     print(
-        f"{info.source}: {len(frames)} frames {w}x{h}, decoded in {record['decode_seconds']:.2f} s; "
+        f"{info.source}: {len(frames)} frames {w}x{h} from {times[0]:.2f}-{times[-1]:.2f} s, decoded in "
+        f"{record['decode_seconds']:.2f} s; "
         f"{labeler.name} v{labeler.version}: {result.num_trajectories} trajectories in "
         f"{record['label_seconds']:.2f} s"
     )

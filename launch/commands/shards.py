@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+PICTURE = "inspect.png"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,9 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect.add_argument("folder", metavar="DIR", help="folder holding shard-NNNNNN.tar files")
     inspect.add_argument(
         "--picture",
-        default="shards-inspect.png",
         metavar="PNG",
-        help="where to write the picture of a few samples and their trajectories (default: %(default)s)",
+        help=f"where to write the picture of a few samples and their trajectories (default: DIR/{PICTURE} "
+        "for a local DIR; none for a remote one)",
     )
     inspect.add_argument(
         "--samples", type=int, default=4, help="samples in the picture (default: %(default)s)"
@@ -38,13 +41,16 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.shard_report import inspect_shards
     from trajtok.viz import write_png
 
-    report, image = inspect_shards(args.folder, picture_samples=args.samples)
+    picture = args.picture or (None if "://" in args.folder else str(Path(args.folder) / PICTURE))
+    report, image = inspect_shards(args.folder, picture_samples=args.samples if picture else 0)
     if args.json:
         print(json.dumps(report.to_json(), indent=2, default=str))
     else:
         print(report.text())
-    if image is not None:
-        path = write_png(args.picture, image)
+    if image is not None and picture:
+        path = write_png(picture, image)
         if not args.json:
             print(f"picture: {path}")
+    elif not picture and not args.json:
+        print(f"no picture: {args.folder} is remote; --picture PNG writes one")
     return 0 if report.ok else 1

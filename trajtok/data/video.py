@@ -651,11 +651,38 @@ def load_clip(
     rng: np.random.Generator | int | None = None,
     *,
     timeout: float | None = DEFAULT_TIMEOUT,
+    window_seconds: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, VideoInfo]:
-    """Open, sample one clip, close: (frames (T, H, W, 3) uint8, timestamps (T,) seconds, info)."""
+    """Open, sample one clip, close: (frames (T, H, W, 3) uint8, timestamps (T,) seconds, info).
+
+    `window_seconds > 0` fills in the ends of [start, end) not given (see `labelling_window`).
+    """
     with open_video(source, timeout=timeout) as video:
+        start, end = labelling_window(video.info.duration, window_seconds, start, end)
         frames, times = video.sample_clip(num_frames, mode, start, end, rng)
         return frames, times, video.info
+
+
+def labelling_window(
+    duration: float, seconds: float, start: float | None = None, end: float | None = None
+) -> tuple[float | None, float | None]:
+    """The [start, end) seconds a one-off labelling reads: what was asked, else `seconds` of the middle.
+
+    Frames spread over a whole long video are far apart in time and label poorly (walkers merge into the
+    lawn); a window of a few seconds, the length of a training clip, keeps them close. Only the ends not
+    given are filled in: with `start` alone the window runs `seconds` from it. `seconds <= 0` or a video
+    no longer than the window gives the whole video.
+    """
+    if seconds <= 0 or (start is not None and end is not None):
+        return start, end
+    if start is not None:
+        return start, start + seconds
+    if end is not None:
+        return max(0.0, end - seconds), end
+    if duration <= seconds:
+        return None, None
+    first = (duration - seconds) / 2
+    return first, first + seconds
 
 
 def sample_frame_indices(
