@@ -187,7 +187,7 @@ def train_model(cfg: JobConfig, name: str, shards: str, out: Path, **changes: An
 
 def evaluate_model(cfg: JobConfig, run_dir: Path, manifest: Path, task: str) -> dict[str, float]:
     """Evaluate a trained run on the held-out manifest; returns the metrics of `task`."""
-    from trajtok.eval.run import evaluate, log_results, write_results
+    from trajtok.eval.run import evaluate_and_record
 
     job = with_changes(
         cfg,
@@ -199,9 +199,7 @@ def evaluate_model(cfg: JobConfig, run_dir: Path, manifest: Path, task: str) -> 
             "run_dir": str(run_dir / "eval"),
         },
     )
-    record = evaluate(job)
-    log_results(job, record, write_results(job, record))
-    return record["metrics"]
+    return evaluate_and_record(job)[0]["metrics"]
 
 
 def training_summary(run_dir: Path, tracking_uri: str) -> dict[str, float]:

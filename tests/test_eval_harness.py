@@ -193,6 +193,18 @@ def test_retrieval_writes_json_and_a_run_nested_under_training(tmp_path, synth_d
     history = client.get_metric_history(child.info.run_id, "eval/retrieval/t2v_R1")
     assert [m.step for m in history] == [40]  # logged at the checkpoint's training step
     assert "eval_retrieval.json" in [a.path for a in client.list_artifacts(child.info.run_id)]
+    # the chart view compares training runs by their eval/ metrics: logged onto the training run too
+    parent = client.get_run(parent_id)
+    assert {k: v for k, v in parent.data.metrics.items() if k.startswith("eval/")} == child.data.metrics
+    assert [m.step for m in client.get_metric_history(parent_id, "eval/retrieval/t2v_R1")] == [40]
+    (dataset,) = child.inputs.dataset_inputs
+    assert (
+        dataset.dataset.name == "eval-set"
+        and {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "evaluation"
+    )
+    assert child.data.tags["mlflow.user"] and child.data.tags["mlflow.source.name"]
+    took = (child.info.end_time - child.info.start_time) / 1000
+    assert took >= 0.8 * record["seconds"]  # the run lasts as long as the evaluation, not the logging
 
 
 def test_classification_with_captions_as_classes_matches_video_to_text_retrieval(tmp_path, synth_dataset):

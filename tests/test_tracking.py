@@ -15,15 +15,21 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
+import torch
+from exported_runs import write_weights
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
-from trajtok.config import load_config
+from trajtok.config import load_config, save_config
+from trajtok.data.normalise import normalise_frames
 from trajtok.distributed import free_port
 from trajtok.errors import ConfigError
 from trajtok.tracking import RUN_ID_FILE, NullTracker, Tracker, start_tracker, tracking_uri
+from trajtok.train.checkpoint import WEIGHTS_FILE, load_exported
 
 SHARDS = [f"/data/shards/train-{i:06d}.tar" for i in range(3)]
 
@@ -146,3 +152,37 @@ def test_a_run_id_the_store_does_not_know_is_one_clear_error(tmp_path, monkeypat
     (tmp_path / "run" / RUN_ID_FILE).write_text("0123456789abcdef0123456789abcdef\n")
     with pytest.raises(ConfigError, match=r"mlflow_run_id: cannot resume MLflow run 0123456789abcdef"):
         start_tracker(cfg, rank=0)
+
+
+@pytest.mark.parametrize(
+    ("store", "name"), [("sqlite", "trajvit2"), ("sqlite", "segmenter"), ("server", "vit3d")]
+)
+def test_the_logged_model_loads_by_uri_and_predicts_what_the_weights_do(
+    store, name, mlflow_server, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    uri = mlflow_server if store == "server" else f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run_dir = write_weights(tmp_path / "run", name=name)
+    cfg = _config(run_dir, "tracking.system_metrics=false", f"tracking.experiment=models-{store}")
+    with start_tracker(cfg, rank=0) as tracker:
+        tracker.log_model(run_dir / WEIGHTS_FILE, save_config(cfg, run_dir), step=5, register=f"tiny-{name}")
+
+    loaded = mlflow.pyfunc.load_model(f"runs:/{tracker.run_id}/model")
+    clips = np.random.default_rng(0).integers(0, 256, (2, 8, 32, 32, 3), dtype=np.uint8)
+    reference, _ = load_exported(run_dir / WEIGHTS_FILE)
+    frames = normalise_frames(torch.from_numpy(clips).permute(0, 1, 4, 2, 3), torch.device("cpu"))
+    with torch.no_grad():
+        if name == "segmenter":
+            out = reference.eval()(frames)
+            expected = (out.seg_logits.argmax(-1).view(2, *out.seg_grid) + 1).numpy()
+        else:
+            expected = reference.eval().encode_video(frames).numpy()
+    np.testing.assert_array_equal(loaded.predict(clips), expected)
+    with pytest.raises(MlflowException, match="[Ss]hape"):  # the signature guards the clip size
+        loaded.predict(clips[:, :, :16])
+
+    registered = mlflow.pyfunc.load_model(f"models:/tiny-{name}/1")
+    assert registered.unwrap_python_model().model.registry_name == name
+    version = MlflowClient(uri).get_model_version(f"tiny-{name}", "1")
+    assert version.run_id == tracker.run_id

@@ -24,6 +24,7 @@ from safetensors import safe_open
 
 from launch.cli import main as cli
 from trajtok.config import load_config
+from trajtok.data.normalise import normalise_frames
 from trajtok.train.checkpoint import WEIGHTS_FILE, complete_checkpoints, load_exported
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny-cpu.yaml"
@@ -99,7 +100,7 @@ def pipeline_shards(tmp_path_factory: pytest.TempPathFactory) -> str:
 def reference_run(pipeline_shards: str, tracking_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted ZeRO-2 run, on shards the pipeline wrote, that the other tests compare with."""
     run_dir = tmp_path_factory.mktemp("reference")
-    _train(*_overrides(pipeline_shards, run_dir, tracking_db, "train.zero_stage=2"))
+    _train(*_overrides(pipeline_shards, run_dir, tracking_db, "train.zero_stage=2", "tracking.register=tiny"))
     return run_dir
 
 
@@ -136,7 +137,9 @@ def test_zero2_loss_falls_and_the_run_is_tracked(reference_run: Path, tracking_d
     assert run.data.params["train.zero_stage"] == "2"
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "train-shards"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "provenance.json", WEIGHTS_FILE} <= artifacts
+    assert {"config.yaml", "provenance.json", "train.log"} <= artifacts
+    logged = (reference_run / "train.log").read_text()
+    assert f"step {STEPS}/{STEPS}" in logged and f"trained {STEPS} steps" in logged
     assert any("trajectories" in p for p in _all_artifacts(client, run.info.run_id)), "no overlay image"
 
     kept = [p.name for p in complete_checkpoints(reference_run)]
@@ -162,6 +165,23 @@ def test_exported_weights_rebuild_the_model(reference_run: Path):
     )  # trained, not the initial weights
     out = model.eval()(torch.randn(2, 8, 3, 64, 64))
     assert out.video_embedding.shape == (2, model.video_head.proj.out_features)
+
+
+def test_the_run_logs_and_registers_a_model_that_embeds_as_the_exported_weights(
+    reference_run: Path, tracking_db: Path, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tracking_db}")
+    run_id = (reference_run / "mlflow_run_id").read_text().strip()
+    logged = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    clips = torch.randint(
+        0, 256, (2, 8, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    exported, _ = load_exported(reference_run / WEIGHTS_FILE)
+    with torch.no_grad():
+        expected = exported.eval().encode_video(normalise_frames(clips.permute(0, 1, 4, 2, 3), "cpu"))
+    assert torch.equal(torch.from_numpy(logged.predict(clips.numpy())), expected)
+    (version,) = mlflow.MlflowClient().search_model_versions("name = 'tiny'")
+    assert version.run_id == run_id and int(version.version) == 1
 
 
 def _fresh_state(cfg) -> dict[str, torch.Tensor]:

@@ -185,6 +185,7 @@ class TrackingConfig:
     uri: str = ""
     experiment: str = "trajtok"
     run_name: str = ""
+    register: str = ""  # also register the trained model under this name in the model registry
     system_metrics: bool = True  # CPU/memory/GPU of rank 0's node, when psutil is installed
     system_metrics_interval: float = 10.0  # seconds between samples
 

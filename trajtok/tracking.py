@@ -34,6 +34,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.time import get_current_time_millis
 
@@ -99,6 +100,9 @@ class NullTracker:
     def log_dataset(self, urls: Sequence[str], name: str, context: str = "training") -> None:
         pass
 
+    def log_model(self, weights: Path, config_file: Path, step: int, register: str = "") -> None:
+        pass
+
     @contextlib.contextmanager
     def child(self, name: str) -> Iterator[NullTracker]:
         yield self
@@ -154,10 +158,21 @@ class Tracker(NullTracker):
         tags = [InputTag(MLFLOW_DATASET_CONTEXT, context), InputTag("shards", str(len(urls)))]
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
 
+    def log_model(self, weights: Path, config_file: Path, step: int, register: str = "") -> None:
+        """The trained model as this run's MLflow model (`trajtok.logged_model`), registered under
+        `register` if given. Top-level runs only: MLflow logs models into the active run."""
+        from trajtok.logged_model import log_trained_model  # torch and the model registry: only when asked
+
+        active = mlflow.active_run()
+        if not self._top_level or active is None or active.info.run_id != self.run_id:
+            raise RuntimeError(f"run {self.run_id} is not the active MLflow run: cannot log a model into it")
+        log_trained_model(weights, config_file, step, register)
+
     @contextlib.contextmanager
     def child(self, name: str) -> Iterator[Tracker]:
-        """A nested run under this one (an evaluation), closed as FAILED if the block raises."""
-        tags = {MLFLOW_PARENT_RUN_ID: self.run_id}
+        """A nested run under this one (an evaluation), closed as FAILED if the block raises; it gets the
+        source, user and git tags MLflow gives the runs it starts itself."""
+        tags = resolve_tags({MLFLOW_PARENT_RUN_ID: self.run_id})
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         with Tracker(self.client, run.info.run_id, self.experiment_id, top_level=False) as child:
             yield child

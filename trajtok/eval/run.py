@@ -18,13 +18,14 @@ Tasks:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pkgutil
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import astuple, fields
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from mlflow.exceptions import MlflowException
 from torch import nn
 
 from trajtok.config import JobConfig, ModelConfig, flatten, to_dict
+from trajtok.data.loader import expand_shards
 from trajtok.data.normalise import normalise_frames
 from trajtok.distributed import get_rank, get_world_size, init_process_group
 from trajtok.errors import ConfigError
@@ -49,7 +51,7 @@ from trajtok.eval.retrieval import chance_recall_at_1, dual_softmax, retrieval_m
 from trajtok.eval.segmentation import SegmentationScores, evaluate_segmentation
 from trajtok.models.text import build_tokenizer
 from trajtok.models.trajectory_encoder import MAX_TOKENS_PER_TRAJECTORY
-from trajtok.tracking import RUN_ID_FILE, Tracker, start_tracker, tracking_uri
+from trajtok.tracking import RUN_ID_FILE, NullTracker, Tracker, start_tracker, tracking_uri
 from trajtok.train.checkpoint import WEIGHTS_FILE, load_exported
 
 log = logging.getLogger("trajtok.eval")
@@ -275,11 +277,18 @@ def _feature_module(spec: str) -> nn.Module:
 RUNNERS = {"retrieval": run_retrieval, "classify": run_classify, "segment": run_segment, "probe": run_probe}
 
 
+def check_evaluation(cfg: JobConfig) -> None:
+    """Refuse a task or an eval set this module cannot run, before anything is read or logged."""
+    if cfg.eval.task not in RUNNERS:
+        raise ConfigError(f"eval.task '{cfg.eval.task}': choose one of {', '.join(TASKS)}")
+    if not eval_location(cfg):
+        raise ConfigError("data.manifest or data.eval_shards: name the evaluation set")
+
+
 def evaluate(cfg: JobConfig, device: torch.device | None = None) -> dict[str, Any]:
     """Run `cfg.eval.task` and return its record (metrics, details, protocol, model); see the module doc."""
+    check_evaluation(cfg)
     task = cfg.eval.task
-    if task not in RUNNERS:
-        raise ConfigError(f"eval.task '{task}': choose one of {', '.join(TASKS)}")
     job = Evaluation(cfg, device or torch.device("cpu"))
     items = read_items(eval_location(cfg))
     start = time.perf_counter()
@@ -343,23 +352,57 @@ def training_run(cfg: JobConfig) -> Tracker | None:
     return Tracker(client, run_id, experiment_id, top_level=False)  # never closed here: training owns it
 
 
-def log_results(cfg: JobConfig, record: dict[str, Any], results_file: Path) -> str | None:
-    """Log to MLflow (rank 0): a run nested under the training run, else this run directory's run. Returns
-    the run id, None when tracking is off."""
+@contextlib.contextmanager
+def eval_run(cfg: JobConfig) -> Iterator[tuple[Tracker | NullTracker, Tracker | None]]:
+    """The MLflow run this evaluation logs into, opened before it starts so its duration is the real one:
+    nested under the training run when the checkpoint's directory names one, else this run directory's run.
+    Yields it and the training run (None when there is none); closed as FAILED if the block raises."""
     if not cfg.tracking.enabled:
-        return None
+        yield NullTracker(), None
+        return
     parent = training_run(cfg)
-    with parent.child(f"eval-{record['task']}") if parent else start_tracker(cfg, rank=0) as tracker:
-        if parent is not None:  # a top-level run already holds the whole config as params
-            params = flatten({"eval": to_dict(cfg.eval), "clip": to_dict(cfg.clip), "data": record["data"]})
-            values = [
-                Param(k, json.dumps(v) if isinstance(v, list | dict) else str(v)) for k, v in params.items()
-            ]
-            for first in range(0, len(values), 100):  # MLflow takes at most 100 params per call
-                tracker.client.log_batch(tracker.run_id, params=values[first : first + 100])
-        tracker.log_metrics(mlflow_metrics(record), step=record["model"]["step"])
-        tracker.log_artifact(results_file)
-        return tracker.run_id
+    with parent.child(f"eval-{cfg.eval.task}") if parent else start_tracker(cfg, rank=0) as tracker:
+        yield tracker, parent
+
+
+def log_results(
+    cfg: JobConfig, tracker: Tracker | NullTracker, parent: Tracker | None, record: dict[str, Any], path: Path
+) -> None:
+    """Params, metrics (at the checkpoint's training step), the eval set as a dataset input and the results
+    file into the evaluation's run; the metrics also onto the training run, so that runs compare in the
+    experiment's chart view by their `eval/` metrics."""
+    if parent is not None:  # a top-level run already holds the whole config as params
+        params = flatten({"eval": to_dict(cfg.eval), "clip": to_dict(cfg.clip), "data": record["data"]})
+        values = [
+            Param(k, json.dumps(v) if isinstance(v, list | dict) else str(v)) for k, v in params.items()
+        ]
+        for first in range(0, len(values), 100):  # MLflow takes at most 100 params per call
+            tracker.client.log_batch(tracker.run_id, params=values[first : first + 100])
+    metrics, step = mlflow_metrics(record), record["model"]["step"]
+    tracker.log_metrics(metrics, step=step)
+    if parent is not None:
+        parent.log_metrics(metrics, step=step)
+    location = record["data"]
+    tracker.log_dataset(
+        expand_shards(location) if cfg.data.eval_shards else [location], "eval-set", "evaluation"
+    )
+    tracker.log_artifact(path)
+
+
+def evaluate_and_record(
+    cfg: JobConfig, device: torch.device | None = None
+) -> tuple[dict[str, Any], Path | None]:
+    """`evaluate` on every rank; rank 0 also writes the results file and logs the run (see the module doc).
+    Returns the record and, on rank 0, the results file."""
+    check_evaluation(cfg)  # before a run is opened: a mistyped task makes no FAILED run
+    if get_rank() != 0:
+        return evaluate(cfg, device), None
+    with eval_run(cfg) as (tracker, parent):
+        record = evaluate(cfg, device)
+        path = write_results(cfg, record)
+        log_results(cfg, tracker, parent, record, path)
+        record["mlflow_run_id"] = tracker.run_id
+    return record, path
 
 
 def main(cfg: JobConfig) -> int:
@@ -369,11 +412,9 @@ def main(cfg: JobConfig) -> int:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     torch.manual_seed(cfg.seed)
-    record = evaluate(cfg, device)
-    if get_rank() == 0:
-        path = write_results(cfg, record)
-        run_id = log_results(cfg, record, path)
-        print(summary(record, path, run_id), flush=True)
+    record, path = evaluate_and_record(cfg, device)
+    if path is not None:
+        print(summary(record, path, record["mlflow_run_id"]), flush=True)
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

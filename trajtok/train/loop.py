@@ -9,14 +9,16 @@ same data order, the same RNG streams and the same MLflow run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
 import numpy as np
 import torch
 
-from trajtok.config import JobConfig, config_digest
+from trajtok.config import JobConfig, config_digest, save_config
 from trajtok.data.loader import build_loader, expand_shards
 from trajtok.data.normalise import normalise_frames
 from trajtok.distributed import init_process_group
@@ -44,6 +46,8 @@ from trajtok.viz import overlay_grid
 
 log = logging.getLogger("trajtok.train")
 
+LOG_FILE = "train.log"
+LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
 TRAINABLE = ("trajvit2", "vit3d", "segmenter")  # trajadapter probes frozen features: evaluation's job
 
 
@@ -89,9 +93,12 @@ def main(cfg: JobConfig) -> int:
     """Train `cfg.model` on `cfg.data.shards` as one rank of the job; returns 0 when training is done."""
     check_job(cfg)
     env = init_process_group()
-    rank, world_size = env.rank, env.world_size
     device = torch.device("cuda", env.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    _setup_logging(rank)
+    with _logging(env.rank, Path(cfg.run_dir)) as log_file:
+        return _train(cfg, env.rank, env.world_size, device, log_file)
+
+
+def _train(cfg: JobConfig, rank: int, world_size: int, device: torch.device, log_file: Path | None) -> int:
     if cfg.train.resume == "none" and rank == 0:  # a fresh start over another run's state says so
         moved = set_aside_earlier_run(cfg.run_dir, (RUN_ID_FILE,))
         if moved:
@@ -170,12 +177,16 @@ def main(cfg: JobConfig) -> int:
             )
         if state.step % cfg.train.checkpoint_every == 0 or last:
             save_checkpoint(engine, cfg.run_dir, state, cfg.train.keep_checkpoints)
+            if log_file is not None:  # a job killed later still leaves its log in the run
+                tracker.log_artifact(log_file)
 
     if rank == 0:
         final = resolve_resume("auto", cfg.run_dir)
         weights = export_weights(final, Path(cfg.run_dir) / WEIGHTS_FILE, cfg.model, cfg.clip, state.step)
-        tracker.log_artifact(weights)
-        log.info("trained %d steps; weights in %s", state.step, weights)
+        tracker.log_model(weights, save_config(cfg, cfg.run_dir), state.step, cfg.tracking.register)
+        log.info("trained %d steps; weights in %s, logged as the run's MLflow model", state.step, weights)
+        if log_file is not None:
+            tracker.log_artifact(log_file)
     tracker.close()
     torch.distributed.barrier()
     return 0
@@ -188,8 +199,29 @@ def trajectory_picture(frames: torch.Tensor, output: ModelOutput) -> np.ndarray:
     return overlay_grid(frames.permute(0, 2, 3, 1).numpy(), ids.cpu().numpy().astype(np.uint16))
 
 
-def _setup_logging(rank: int) -> None:
-    """Rank 0 prints the step lines; the other ranks only warnings (a logging set-up by the caller wins)."""
+@contextlib.contextmanager
+def _logging(rank: int, run_dir: Path) -> Iterator[Path | None]:
+    """Rank 0 prints the step lines, and appends everything trajtok logs to `<run_dir>/train.log` (kept as
+    the MLflow run's artifact; a resumed job adds to it); the other ranks print only warnings. A logging
+    set-up by the caller wins for the terminal."""
     if not logging.getLogger().handlers:
         level = logging.INFO if rank == 0 else logging.WARNING
-        logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=level)
+        logging.basicConfig(format=LOG_FORMAT, level=level)
+    if rank != 0:
+        yield None
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOG_FILE
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setLevel(logging.INFO)
+    package = logging.getLogger("trajtok")
+    level = package.level
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    try:
+        yield path
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)
+        handler.close()
