@@ -73,6 +73,9 @@ def run_shard_job(cfg: JobConfig) -> dict[str, Any]:
     save_config(cfg, run_dir)
     ctx = ShardContext(cfg, out, settings)
     with start_tracker(cfg, rank=0, run_dir=run_dir) as tracker:
+        # the start of the lineage manifest -> shards (pipeline.out) -> training -> evaluation
+        rows = json.dumps([row_fingerprint(row) for row in manifest.rows], default=str)
+        tracker.log_dataset([manifest.source], "manifest", context="labelling", content=rows)
         with ray_session(cfg.ray), _Progress(state.todo, cfg.clip.clips_per_video, tracker) as progress:
             gpus = worker_gpus(cfg)
             result = run_shards(

@@ -241,6 +241,9 @@ def test_mlflow_run_has_params_metrics_and_artifacts(finished_job):
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"summary.json", "config.yaml"} <= artifacts
     assert client.list_artifacts(run_id, "images"), "no trajectory overlay logged"
+    (manifest,) = run.inputs.dataset_inputs  # where the lineage manifest -> shards -> training starts
+    assert manifest.dataset.name == "manifest"
+    assert json.loads(manifest.dataset.source)["uri"] == cfg.data.manifest
 
 
 def test_inspect_reports_and_validates(finished_job, tmp_path: Path, capsys):

@@ -105,7 +105,7 @@ def _check_run(client: MlflowClient, run_id: str, child_id: str, run_dir: Path) 
     assert any(a.path.endswith(".png") for a in client.list_artifacts(run_id, "images"))
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.name == "train-shards" and dataset_input.dataset.source_type == "local"
-    assert {t.key: t.value for t in dataset_input.tags} == {"mlflow.data.context": "training", "shards": "3"}
+    assert {t.key: t.value for t in dataset_input.tags} == {"mlflow.data.context": "training", "files": "3"}
     child = client.get_run(child_id)
     assert child.data.tags[MLFLOW_PARENT_RUN_ID] == run_id and child.info.status == "FINISHED"
     assert child.data.metrics == {"eval/r1": 0.5}

@@ -97,7 +97,9 @@ class NullTracker:
     def log_text(self, text: str, name: str) -> None:
         pass
 
-    def log_dataset(self, urls: Sequence[str], name: str, context: str = "training") -> None:
+    def log_dataset(
+        self, urls: Sequence[str], name: str, context: str = "training", content: str | None = None
+    ) -> None:
         pass
 
     def log_model(self, weights: Path, config_file: Path, step: int, register: str = "") -> None:
@@ -142,12 +144,15 @@ class Tracker(NullTracker):
         """A text artifact, e.g. a results table; `name` is its path in the run (`eval/report.md`)."""
         self.client.log_text(self.run_id, text, name)
 
-    def log_dataset(self, urls: Sequence[str], name: str, context: str = "training") -> None:
-        """Record which shards fed the run (their list's digest and location) as an MLflow dataset input."""
+    def log_dataset(
+        self, urls: Sequence[str], name: str, context: str = "training", content: str | None = None
+    ) -> None:
+        """Record which files fed the run (shards, a manifest) as an MLflow dataset input: their location
+        and a digest of `content` (what identifies the data; default: the list of URLs)."""
         if not urls:
-            raise ValueError(f"dataset '{name}': no shard URLs to log")
-        digest = hashlib.sha256("\n".join(urls).encode()).hexdigest()[:16]
-        where = os.path.dirname(urls[0]) or "."
+            raise ValueError(f"dataset '{name}': no URLs to log")
+        digest = hashlib.sha256(("\n".join(urls) if content is None else content).encode()).hexdigest()[:16]
+        where = urls[0] if len(urls) == 1 else os.path.dirname(urls[0]) or "."  # one file, or their folder
         with warnings.catch_warnings():  # a local path matches two equivalent resolvers and MLflow warns
             warnings.simplefilter("ignore", UserWarning)
             try:
@@ -155,7 +160,7 @@ class Tracker(NullTracker):
             except MlflowException:  # e.g. a `pipe:` URL: keep the text, typed as a plain location
                 source = LocalArtifactDatasetSource(where)
         dataset = MetaDataset(source=source, name=name, digest=digest)
-        tags = [InputTag(MLFLOW_DATASET_CONTEXT, context), InputTag("shards", str(len(urls)))]
+        tags = [InputTag(MLFLOW_DATASET_CONTEXT, context), InputTag("files", str(len(urls)))]
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
 
     def log_model(self, weights: Path, config_file: Path, step: int, register: str = "") -> None:
