@@ -16,11 +16,16 @@ from pathlib import Path
 
 import pytest
 import submitit
+from exported_runs import write_weights
 from mlflow import MlflowClient
 
 from launch.cli import main
+from launch.commands._common import expand_aliases
+from launch.commands.eval import ALIASES as EVAL_ALIASES
 from launch.slurm import submit
 from trajtok.config import load_config
+from trajtok.eval.run import evaluate
+from trajtok.tracking import start_tracker
 
 JOB_TIMEOUT_S = 240
 STARTUP_ALLOWANCE_S = 10  # a fresh interpreter importing torch on a loaded 2-core CI machine
@@ -133,6 +138,8 @@ def test_setup_lines_extra_options_and_whole_nodes_for_ray(capsys, tmp_path):
         ("train", ["data.shards=/nowhere/shard-{000000..000009}.tar"], "data.shards '/nowhere/"),
         ("train", ["data.shards={shards}", "model.size=nope"], "model.size"),
         ("shard", ["data.manifest=/nowhere/m.jsonl", "pipeline.out={out}"], "/nowhere/m.jsonl"),
+        ("eval", ["ckpt=/nowhere/run", "data.manifest=/nowhere/m.jsonl"], "eval.ckpt '/nowhere/run'"),
+        ("eval", ["task=retrieve"], "eval.task 'retrieve'"),
     ],
 )
 def test_submit_refuses_a_job_bound_to_fail_before_sbatch(
@@ -252,3 +259,43 @@ def test_a_job_sbatch_refuses_is_one_line_naming_the_reason(slurm_cluster, tmp_p
     assert main(args) == 2
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trajtok submit:")]
     assert "sbatch refused the job" in line and "invalid partition specified: nope" in line
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(JOB_TIMEOUT_S + 60)
+def test_eval_job_splits_features_over_two_tasks_and_logs_under_the_training_run(
+    slurm_cluster, deadline, synth_dataset, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    tracking = [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.system_metrics=false"]
+    train_dir = write_weights(tmp_path / "train", step=7)
+    with start_tracker(load_config(None, [f"run_dir={train_dir}", *tracking]), rank=0) as training:
+        parent_id = training.run_id
+    evaluation = [  # bare eval keys, as `trajtok eval` takes them
+        f"ckpt={train_dir}",
+        "task=retrieval",
+        f"data.manifest={synth_dataset / 'manifest.jsonl'}",
+        "data.num_workers=0",
+        "eval.batch_size=5",
+        "clip.frames=8",
+        "clip.size=32",
+        "clip.sampling=middle",
+    ]
+    run_dir = tmp_path / "eval"
+    slurm = ["launch.backend=slurm", "launch.nproc=2", "launch.cpus_per_task=1", "launch.time=5"]
+    assert main(["submit", "eval", *evaluation, f"run_dir={run_dir}", *tracking, *slurm]) == 0
+    job_id = re.search(r"submitted job (\d+)", capsys.readouterr().out).group(1)
+    job = submitit.SlurmJob(folder=run_dir / "submitit", job_id=job_id, tasks=(0, 1))
+    assert deadline(JOB_TIMEOUT_S).results(job) == [0, 0]
+
+    record = json.loads((run_dir / "eval_retrieval.json").read_text())
+    assert record["world_size"] == 2 and record["details"]["videos"] == 24
+    alone = load_config(None, [*expand_aliases(evaluation, EVAL_ALIASES), "tracking.enabled=false"])
+    assert record["metrics"] == pytest.approx(evaluate(alone)["metrics"])  # the same as one process
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (child,) = client.search_runs(
+        [client.get_run(parent_id).info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    assert child.info.status == "FINISHED" and child.data.metrics["eval/retrieval/t2v_R1"] == pytest.approx(
+        record["metrics"]["t2v_R@1"]
+    )

@@ -8,9 +8,12 @@ cluster across the allocation say `ray=True`.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 from launch.commands._common import add_config_arguments, config_from_args
+from launch.commands.eval import ALIASES as EVAL_ALIASES
 from trajtok.errors import ConfigError
 
 
@@ -19,6 +22,7 @@ class Target(NamedTuple):
     help: str
     ray: bool = False  # one task per node running a Ray cluster, the entry as its driver
     check: str = ""  # "module:function" run on the submit host before sbatch: refuses a job bound to fail
+    aliases: Mapping[str, str] = MappingProxyType({})  # bare keys the target takes, as its own command does
 
 
 TARGETS: dict[str, Target] = {
@@ -30,6 +34,12 @@ TARGETS: dict[str, Target] = {
         "trajtok.train.loop:main",
         "DeepSpeed training: a task per GPU (or launch.nproc)",
         check="trajtok.train.loop:check_submission",
+    ),
+    "eval": Target(
+        "trajtok.eval.run:main",
+        "trajtok eval across the allocation's tasks (features split over them, the same results)",
+        check="trajtok.eval.run:check_submission",
+        aliases=EVAL_ALIASES,
     ),
     "shard": Target(
         "pipeline.job:run_shard_job",
@@ -62,8 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
     target = TARGETS[args.target]
+    cfg = config_from_args(args, target.aliases)
     backend = cfg.launch.backend
     if backend == "slurm":
         from launch.local import load_entry

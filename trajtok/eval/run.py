@@ -285,6 +285,15 @@ def check_evaluation(cfg: JobConfig) -> None:
         raise ConfigError("data.manifest or data.eval_shards: name the evaluation set")
 
 
+def check_submission(cfg: JobConfig) -> None:
+    """`submit eval` on the submit host: the task, the weights and the evaluation set (read), so a job
+    bound to fail is refused before its queue wait."""
+    check_evaluation(cfg)
+    if cfg.eval.ckpt or not cfg.eval.probe.feature_module:
+        resolve_checkpoint(cfg.eval.ckpt)
+    read_items(eval_location(cfg))
+
+
 def evaluate(cfg: JobConfig, device: torch.device | None = None) -> dict[str, Any]:
     """Run `cfg.eval.task` and return its record (metrics, details, protocol, model); see the module doc."""
     check_evaluation(cfg)
