@@ -234,6 +234,8 @@ def run_demo(cfg: JobConfig) -> DemoResult:
 
     _stage(next(stages), total, "training and held-out sets")
     train_manifest, heldout_manifest = data_sets(cfg, out)
+    # training draws the held-out clips in its pictures and validates on them (train.eval_every)
+    cfg = with_changes(cfg, **{"train.eval_set": cfg.train.eval_set or str(heldout_manifest)})
     scored = has_ground_truth(heldout_manifest)
     _stage(next(stages), total, f"pseudo-labels ({cfg.pseudolabel.name}) of the real sample videos")
     pictures = label_real_videos(cfg, out)
@@ -256,7 +258,11 @@ def run_demo(cfg: JobConfig) -> DemoResult:
             next(stages), total, f"trajvit2 stage 1: the segmenter alone on the pseudo-labels, {steps} steps"
         )
         run_dir, init_seconds = train_model(
-            cfg, "segmenter", shards, out, **{"train.steps": steps, "train.lr": cfg.demo.segmenter_lr}
+            cfg,
+            "segmenter",
+            shards,
+            out,
+            **{"train.steps": steps, "train.lr": cfg.demo.segmenter_lr, "train.eval_every": 0},
         )
         results.append(evaluated("segmenter", run_dir, True, steps, init_seconds))
         init = str(run_dir)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
+from mlflow_server import mlflow_server
 
 HELDOUT = 32
 
@@ -50,3 +52,32 @@ def test_demo_end_to_end(tmp_path: Path):
     assert 0 < trajvit2["segmentation"]["mean_best_overlap"] <= 1
     assert sorted(p.name for p in (out / "pictures").glob("*.png")) == ["tree.png", "vtest.png"]
     assert (out / "mlflow.db").is_file()
+    _check_the_chart_view_compares_the_models(out, results)
+
+
+def _check_the_chart_view_compares_the_models(out: Path, results: dict) -> None:
+    """What the experiment's chart view shows, read as the MLflow UI reads it (REST API of a real server):
+    each top-level training run carries its evaluations' eval/ metrics and its held-out validation."""
+    with mlflow_server(f"sqlite:///{out / 'mlflow.db'}", out / "mlruns") as uri:
+        experiment = _rest(uri, "experiments/get-by-name?experiment_name=trajtok")["experiment"]
+        search = {"experiment_ids": [experiment["experiment_id"]], "max_results": 100}
+        runs = _rest(uri, "runs/search", search)
+    top_level = {}
+    for run in runs["runs"]:
+        tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+        if "mlflow.parentRunId" not in tags:
+            top_level[run["info"]["run_name"]] = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    for model in results["models"]:
+        if model["name"] == "segmenter":
+            continue
+        metrics = top_level[model["name"]]
+        assert metrics["eval/retrieval/t2v_R1"] == pytest.approx(model["retrieval"]["t2v_R@1"])
+        assert 0 <= metrics["val/retrieval/t2v_R1"] <= 100
+
+
+def _rest(uri: str, path: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{uri}/api/2.0/mlflow/{path}", data=data)
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        return json.loads(reply.read())

@@ -27,7 +27,7 @@ from trajtok.distributed import free_port, init_process_group
 from trajtok.errors import ConfigError
 from trajtok.eval.evalset import EvalClips, read_items
 from trajtok.eval.features import rank_batches
-from trajtok.eval.run import Evaluation, caption_list, evaluate, mlflow_metrics
+from trajtok.eval.run import Evaluation, caption_list, evaluate, evaluate_and_record, mlflow_metrics
 from trajtok.models.text import build_tokenizer
 from trajtok.models.trajectory_encoder import MAX_TOKENS_PER_TRAJECTORY
 from trajtok.tracking import RUN_ID_FILE, start_tracker
@@ -265,6 +265,12 @@ def test_segment_scores_the_segmenter_against_ground_truth(tmp_path, synth_datas
     scenes = [json.loads(line) for line in (synth_dataset / "scenes.jsonl").read_text().splitlines()[:6]]
     assert metrics["num_objects"] == pytest.approx(np.mean([len(s["objects"]) for s in scenes]))
     assert 0 <= metrics["purity"] <= 1 and 0 <= metrics["veq"] <= 1 and 0 <= metrics["stq"] <= 1
+    assert record["picture"].shape[0] >= 4 * 3 * 192  # 4 clips x (frame, label map, prediction) rows
+    # tracked, the picture goes to the eval run as an image and not into the JSON
+    logged, path = evaluate_and_record(load_config(None, [*overrides, "tracking.enabled=true"]))
+    assert "picture" not in json.loads(path.read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert any(a.path.endswith(".png") for a in client.list_artifacts(logged["mlflow_run_id"], "images"))
     # the learned segmenter of a vit3d: there is none
     with pytest.raises(ConfigError, match="makes no trajectories"):
         evaluate(load_config(None, [*overrides, f"eval.ckpt={write_weights(tmp_path / 'vit', 'vit3d')}"]))

@@ -7,11 +7,7 @@ requeued job would) under the same run id. Everything is read back with a fresh 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,10 +19,10 @@ from exported_runs import write_weights
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
+from mlflow_server import mlflow_server as serve
 
 from trajtok.config import load_config, save_config
 from trajtok.data.normalise import normalise_frames
-from trajtok.distributed import free_port
 from trajtok.errors import ConfigError
 from trajtok.tracking import RUN_ID_FILE, NullTracker, Tracker, start_tracker, tracking_uri
 from trajtok.train.checkpoint import WEIGHTS_FILE, load_exported
@@ -38,32 +34,8 @@ SHARDS = [f"/data/shards/train-{i:06d}.tar" for i in range(3)]
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` (SQLite backend, proxied artifacts) on a free loopback port; yields its URI."""
     work = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{work / 'server.db'}",
-         "--artifacts-destination", str(work / "art")],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # the server's workers share its process group, stopped with it
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, f"mlflow server exited with status {server.returncode}"
-            assert time.monotonic() < deadline, "mlflow server not healthy after 120 s"
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
+    with serve(f"sqlite:///{work / 'server.db'}", work / "art") as uri:
         yield uri
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(30)
 
 
 def _config(run_dir: Path, *overrides: str):

@@ -20,6 +20,7 @@ import mlflow
 import psutil
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 
 from launch.cli import main as cli
@@ -268,6 +269,31 @@ def test_other_models_train_in_one_process(name: str, synthetic_shards, tmp_path
     )
     model, metadata = load_exported(run_dir / WEIGHTS_FILE)
     assert model.registry_name == name
+
+
+def test_validation_and_pictures_of_fixed_held_out_clips_during_training(synthetic_shards, tmp_path: Path):
+    run_dir, db = tmp_path / "validated", tmp_path / "mlflow.db"
+    held_out = [
+        f"train.eval_set={synthetic_shards.pattern}",
+        "train.eval_every=2",
+        "train.overlay_every=2",
+        "train.picture_clips=2",
+    ]
+    _train(
+        *_overrides(synthetic_shards.pattern, run_dir, db, "train.zero_stage=0", "launch.nproc=1"),
+        "train.steps=4",
+        *held_out,
+    )
+    history = _history(db, run_dir, "val/retrieval/t2v_R1")
+    assert sorted(history) == [2, 4] and all(0 <= v <= 100 for v in history.values())
+    assert "step 4 held-out: t2v_R1" in (run_dir / "train.log").read_text()
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    pictures = sorted(p for p in _all_artifacts(client, run_id) if p.endswith(".png") and "trajectories" in p)
+    assert len(pictures) == 2  # steps 2 and 4
+    with Image.open(client.download_artifacts(run_id, pictures[0], str(tmp_path))) as first:
+        # 2 clips x (frame, pseudo-label, prediction) rows of 4 frames, each upscaled to >= 192 px
+        assert first.height >= 2 * 3 * 192 and first.width >= 4 * 192
 
 
 def test_zero3_trains(synthetic_shards, tmp_path: Path, run_cli):

@@ -9,8 +9,10 @@ from PIL import Image
 from trajtok.viz import (
     BOUNDARY_COLOUR,
     boundary_mask,
+    comparison_picture,
     overlay_frames,
     overlay_grid,
+    stack_pictures,
     trajectory_colours,
     write_gif,
     write_png,
@@ -87,3 +89,17 @@ def test_png_and_gif_files(tmp_path):
     for k, frame in enumerate(decoded):
         region = (labels[k] == 7) & ~boundary_mask(labels)[k]
         assert np.all(frame[region] == colour)
+
+
+def test_comparison_picture_rows_are_frames_then_each_map_upscaled():
+    frames = np.random.default_rng(0).integers(0, 256, (8, 16, 24, 3), dtype=np.uint8)
+    labels = np.ones((8, 4, 6), np.uint16)
+    labels[:, :2] = 2
+    picture = comparison_picture(frames, [labels, None, labels], frames_shown=4, min_size=64)
+    # 4 frames of 64x96 (16 px short side upscaled 4x) in 3 rows (None is skipped), 2 px gaps
+    assert picture.shape == (3 * 64 + 2 * 2, 4 * 96 + 3 * 2, 3)
+    plain, tinted = picture[:64, :96], picture[66:130, :96]
+    assert not np.array_equal(plain, tinted)
+    assert (tinted == 255).all(axis=-1).any()  # the outline between the two trajectories
+    stacked = stack_pictures([picture, picture[:, :50]], gap=6)
+    assert stacked.shape == (2 * picture.shape[0] + 6, picture.shape[1], 3)

@@ -118,6 +118,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: str = "auto"  # auto | none | PATH
     overlay_every: int = 0  # log trajectory overlays every K steps (0 = only at the end)
+    picture_clips: int = 3  # the fixed clips those pictures show: eval_set's first, else the first batch's
+    eval_set: str = ""  # held-out manifest or shard pattern: the pictures' clips, and validation
+    eval_every: int = 0  # retrieval on eval_set every K steps and at the end, as val/retrieval/* (0 = never)
     loss: LossConfig = field(default_factory=LossConfig)
 
 

@@ -92,6 +92,32 @@ def overlay_grid(
     return tile(overlay_frames(frames, labels, alpha), columns)
 
 
+def comparison_picture(
+    frames: np.ndarray,
+    label_maps: list[np.ndarray | None],
+    frames_shown: int = 4,
+    min_size: int = 192,
+    alpha: float = 0.3,
+) -> np.ndarray:
+    """One clip as rows of `frames_shown` evenly spaced frames: the frames, then each label map over them
+    (pseudo-label, prediction, ...; None skips a row), upscaled to at least `min_size` px short side, lightly
+    tinted with outlines, so a person can see whether a prediction follows the objects."""
+    keep = np.unique(np.linspace(0, len(frames) - 1, min(frames_shown, len(frames))).round().astype(int))
+    h, w = frames.shape[1:3]
+    scale = max(1.0, min_size / min(h, w))
+    size = (round(w * scale), round(h * scale))
+    shown = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in frames[keep]])
+    rows = [shown] + [overlay_frames(shown, ids[keep], alpha) for ids in label_maps if ids is not None]
+    return tile(np.concatenate(rows), columns=len(keep))
+
+
+def stack_pictures(pictures: list[np.ndarray], gap: int = 6) -> np.ndarray:
+    """Pictures one above the other on black, separated by `gap` rows (widths may differ)."""
+    width = max(p.shape[1] for p in pictures)
+    padded = [np.pad(p, ((0, gap), (0, width - p.shape[1]), (0, 0))) for p in pictures]
+    return np.concatenate(padded)[:-gap]
+
+
 def write_png(path: str | Path, image: np.ndarray) -> Path:
     """Write an (H, W, 3) uint8 RGB image as PNG."""
     path = Path(path)

@@ -46,6 +46,7 @@ from trajtok.errors import ConfigError
 from trajtok.eval.classify import class_embeddings, classification_metrics
 from trajtok.eval.evalset import EvalClips, EvalItem, read_items
 from trajtok.eval.features import compute_in_batches, feature_map_fn
+from trajtok.eval.pictures import prediction_picture
 from trajtok.eval.probe import compare_heads
 from trajtok.eval.retrieval import chance_recall_at_1, dual_softmax, retrieval_metrics
 from trajtok.eval.segmentation import SegmentationScores, evaluate_segmentation
@@ -57,15 +58,25 @@ from trajtok.train.checkpoint import WEIGHTS_FILE, load_exported
 log = logging.getLogger("trajtok.eval")
 
 TASKS = ("retrieval", "classify", "segment", "probe")
+PICTURE_CLIPS = 4  # clips the segment task draws: frame | label map | prediction
+PICTURE_KEY = "picture"  # a task's picture in its record: logged as an image, not written to the JSON
 _METRIC_KEY = re.compile(r"[^\w./ :-]")  # characters MLflow refuses in a metric name
 
 
 class Evaluation:
     """One evaluation job's shared state: config, device, and the model (loaded once, when first needed)."""
 
-    def __init__(self, cfg: JobConfig, device: torch.device):
-        self.cfg, self.device = cfg, device
-        self._loaded: tuple[nn.Module, dict[str, str]] | None = None
+    def __init__(
+        self,
+        cfg: JobConfig,
+        device: torch.device,
+        loaded: tuple[nn.Module, dict[str, str]] | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        """`loaded`: a model already in memory and its weights-file metadata (validation during training,
+        in the engine's `dtype`); by default `eval.ckpt` is loaded when first needed."""
+        self.cfg, self.device, self.dtype = cfg, device, dtype
+        self._loaded = loaded
 
     def _load(self) -> tuple[nn.Module, dict[str, str]]:
         if self._loaded is None:
@@ -98,7 +109,7 @@ class Evaluation:
         model = self.model
         return self.compute(
             self.clips(items),
-            lambda b: model.encode_video(normalise_frames(b["frames"], self.device)),
+            lambda b: model.encode_video(normalise_frames(b["frames"], self.device, self.dtype)).float(),
             "videos",
         )
 
@@ -108,7 +119,7 @@ class Evaluation:
 
         def encode(batch: list[str]) -> torch.Tensor:
             ids, mask = tokenizer.encode_batch(batch, model_cfg.text_max_len)
-            return model.encode_text(ids.to(self.device), mask.to(self.device))
+            return model.encode_text(ids.to(self.device), mask.to(self.device)).float()
 
         return self.compute(texts, encode, "texts")
 
@@ -224,7 +235,15 @@ def run_segment(job: Evaluation, items: list[EvalItem]) -> dict[str, Any]:
         "clips": len(items),
         "trajectories_per_clip": dict(zip([i.key for i in items], counts.tolist())),
     }
-    return {"metrics": metrics, "details": details}
+    shown = job.clips(items[:PICTURE_CLIPS], with_labels=True)
+    samples = [shown[i] for i in range(len(shown))]
+    picture = prediction_picture(
+        model,
+        torch.stack([s["frames"] for s in samples]),
+        torch.stack([s["labels"] for s in samples]),
+        job.device,
+    )
+    return {"metrics": metrics, "details": details, PICTURE_KEY: picture}
 
 
 def run_probe(job: Evaluation, items: list[EvalItem]) -> dict[str, Any]:
@@ -340,9 +359,9 @@ def write_results(cfg: JobConfig, record: dict[str, Any]) -> Path:
     return path
 
 
-def mlflow_metrics(record: dict[str, Any]) -> dict[str, float]:
-    """`eval/<task>/<name>` for every metric, in the characters MLflow keys allow (`R@1` -> `R1`)."""
-    return {f"eval/{record['task']}/{_METRIC_KEY.sub('', k)}": v for k, v in record["metrics"].items()}
+def mlflow_metrics(record: dict[str, Any], prefix: str = "eval") -> dict[str, float]:
+    """`<prefix>/<task>/<name>` for every metric, in the characters MLflow keys allow (`R@1` -> `R1`)."""
+    return {f"{prefix}/{record['task']}/{_METRIC_KEY.sub('', k)}": v for k, v in record["metrics"].items()}
 
 
 def training_run(cfg: JobConfig) -> Tracker | None:
@@ -408,8 +427,11 @@ def evaluate_and_record(
         return evaluate(cfg, device), None
     with eval_run(cfg) as (tracker, parent):
         record = evaluate(cfg, device)
+        picture = record.pop(PICTURE_KEY, None)
         path = write_results(cfg, record)
         log_results(cfg, tracker, parent, record, path)
+        if picture is not None:
+            tracker.log_image(picture, f"eval/{record['task']}", step=record["model"]["step"])
         record["mlflow_run_id"] = tracker.run_id
     return record, path
 

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
-import numpy as np
 import torch
 
 from trajtok.config import JobConfig, config_digest, save_config
@@ -24,7 +23,6 @@ from trajtok.data.normalise import normalise_frames
 from trajtok.distributed import init_process_group
 from trajtok.errors import ConfigError
 from trajtok.losses import EarlyMatching, total_loss
-from trajtok.models.output import ModelOutput
 from trajtok.models.registry import build_model
 from trajtok.models.segmenter import VideoSegmenter
 from trajtok.models.text import build_tokenizer
@@ -41,8 +39,8 @@ from trajtok.train.checkpoint import (
 from trajtok.train.engine import build_engine, check_train_config, compute_dtype, set_lr
 from trajtok.train.metrics import TrainMeter, format_line
 from trajtok.train.schedule import lr_at
+from trajtok.train.validation import HeldOut, check_validation
 from trajtok.train.warm_start import warm_start, weights_file
-from trajtok.viz import overlay_grid
 
 log = logging.getLogger("trajtok.train")
 
@@ -60,6 +58,7 @@ def check_job(cfg: JobConfig, on_gpu: bool | None = None) -> None:
     if cfg.model.init:
         weights_file(cfg.model.init)
     check_train_config(cfg.train, on_gpu=torch.cuda.is_available() if on_gpu is None else on_gpu)
+    check_validation(cfg)
 
 
 def check_submission(cfg: JobConfig) -> None:
@@ -136,6 +135,7 @@ def _train(cfg: JobConfig, rank: int, world_size: int, device: torch.device, log
     batches = iter(loader)
     tokenizer = build_tokenizer(cfg.model.text_tokenizer) if mode == "joint" else None
     matching = early_matching(engine.module)
+    held_out = HeldOut(cfg, device, dtype)
     meter = TrainMeter(world_size, device)
     engine.train()
 
@@ -171,10 +171,17 @@ def _train(cfg: JobConfig, rank: int, world_size: int, device: torch.device, log
                 log.info(format_line(state.step, cfg.train.steps, lr, metrics.get("temperature"), metrics))
             tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=state.step)
         every = cfg.train.overlay_every
-        if rank == 0 and output.seg_logits is not None and (last or (every and state.step % every == 0)):
-            tracker.log_image(
-                trajectory_picture(batch["frames"][0], output), "train/trajectories", state.step
-            )
+        if matching is not None and (last or (every and state.step % every == 0)):  # the model segments
+            held_out.fix_clips(batch)
+            picture = held_out.picture(engine.module)  # on every rank: a ZeRO-3 forward takes them all
+            if rank == 0 and picture is not None:
+                tracker.log_image(picture, "train/trajectories", state.step)
+        every = cfg.train.eval_every
+        if every and (last or state.step % every == 0):
+            metrics = held_out.validate(engine.module, state.step)
+            if rank == 0:
+                log.info("step %d held-out: %s", state.step, _short(metrics))
+            tracker.log_metrics(metrics, step=state.step)
         if state.step % cfg.train.checkpoint_every == 0 or last:
             save_checkpoint(engine, cfg.run_dir, state, cfg.train.keep_checkpoints)
             if log_file is not None:  # a job killed later still leaves its log in the run
@@ -192,11 +199,9 @@ def _train(cfg: JobConfig, rank: int, world_size: int, device: torch.device, log
     return 0
 
 
-def trajectory_picture(frames: torch.Tensor, output: ModelOutput) -> np.ndarray:
-    """The first clip of a batch, (T, 3, H, W) uint8, tinted with the model's own hard trajectories."""
-    t, h, w = output.seg_grid
-    ids = output.seg_logits[0].argmax(dim=-1).view(t, h, w) + 1  # trajectory k -> id k + 1 (0 = unlabeled)
-    return overlay_grid(frames.permute(0, 2, 3, 1).numpy(), ids.cpu().numpy().astype(np.uint16))
+def _short(metrics: dict[str, float]) -> str:
+    """`t2v_R1 12.5 | v2t_R1 9.4 ...` for a log line."""
+    return " | ".join(f"{key.rsplit('/', 1)[-1]} {value:.1f}" for key, value in metrics.items())
 
 
 @contextlib.contextmanager
