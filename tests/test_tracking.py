@@ -80,6 +80,8 @@ def _check_run(client: MlflowClient, run_id: str, child_id: str, run_dir: Path) 
     assert {t.key: t.value for t in dataset_input.tags} == {"mlflow.data.context": "training", "files": "3"}
     child = client.get_run(child_id)
     assert child.data.tags[MLFLOW_PARENT_RUN_ID] == run_id and child.info.status == "FINISHED"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training pages
     assert child.data.metrics == {"eval/r1": 0.5}
     assert (run_dir / RUN_ID_FILE).read_text().strip() == run_id
     assert {"config.yaml", "provenance.json"} <= {p.name for p in run_dir.iterdir()}

@@ -42,6 +42,7 @@ from trajtok.config import JobConfig, TrackingConfig, flatten, save_config, to_d
 from trajtok.errors import ConfigError
 
 RUN_ID_FILE = "mlflow_run_id"
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # Distributions whose versions decide whether a run can be reproduced.
 TRACKED_PACKAGES = (
     "trajtok", "torch", "deepspeed", "ray", "webdataset", "decord", "av", "numpy", "omegaconf", "mlflow",
@@ -199,8 +200,8 @@ def _experiment_id(name: str, uri: str) -> str:
     location = None
     if uri.startswith("sqlite:///"):
         location = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
-    try:
-        return mlflow.create_experiment(name, artifact_location=location)
+    try:  # the kind tag opens the UI on its training-runs pages, not the GenAI ones MLflow 3 shows first
+        return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except MlflowException:  # another job created it in the meantime
         return mlflow.get_experiment_by_name(name).experiment_id
 
