@@ -1,32 +1,31 @@
-"""Run a job as `launch.nproc` processes on this machine, the way torchrun would.
+"""Run a job as `launch.nproc` processes on this machine, through torch's own launcher (what torchrun runs).
 
 `run_local(entry, cfg)` is what `trajtok train` (and `trajtok submit ... launch.backend=local`) calls. The
-entry is a "module:function" whose function takes the `JobConfig`; each process gets RANK, WORLD_SIZE,
-LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1 and a free MASTER_PORT, so
-`trajtok.distributed.init_process_group` (or DeepSpeed) finds its place in the job. The resolved config goes
-to `<run_dir>/config.yaml` and every process reads it from there, so all ranks run the same settings. Output
-is streamed line by line with a `[rank N]` prefix. If one process fails, the others are stopped at once and
-its exit status is returned: a crashed rank must not leave the rest waiting in a collective forever.
+entry is a "module:function" whose function takes the `JobConfig`. torch's elastic launch API starts the
+ranks (a standalone c10d rendezvous on localhost, as `torchrun --standalone`), gives each RANK, WORLD_SIZE,
+LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT, prefixes their output with `[rank N]` (and keeps
+it per rank in `<run_dir>/launch/<start time>_*/`), and when one rank fails stops the others' process
+groups at once: a crashed rank must not leave the rest waiting in a collective forever. What it does not
+do, done here: the resolved config goes to `<run_dir>/config.yaml` and every rank reads it from there (all
+ranks run the same settings), a user error in a rank is one line and its status, and ranks are not
+restarted (a training job resumes from its checkpoints when run again; `max_restarts` would replay a user
+error).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
-from typing import IO, Any
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 from trajtok.config import JobConfig, load_config, save_config
-from trajtok.distributed import free_port
 from trajtok.errors import ConfigError, TrajTokError
-
-GRACE_S = 5.0  # how long stopped ranks get to exit after SIGTERM before SIGKILL
 
 
 def load_entry(entry: str) -> Callable[[JobConfig], Any]:
@@ -40,81 +39,68 @@ def load_entry(entry: str) -> Callable[[JobConfig], Any]:
     return function
 
 
-def _stream(pipe: IO[str], prefix: str, lock: threading.Lock) -> None:
-    for line in pipe:
-        with lock:
-            sys.stdout.write(prefix + line)
-            sys.stdout.flush()
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM each running rank's process group (its own workers too); SIGKILL what outlives the grace."""
-    running = [p for p in procs if p.poll() is None]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for proc in running:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-        deadline = time.monotonic() + GRACE_S
-        while time.monotonic() < deadline and any(p.poll() is None for p in running):
-            time.sleep(0.05)
-        running = [p for p in running if p.poll() is None]
-        if not running:
-            return
-
-
 def run_local(entry: str, cfg: JobConfig) -> int:
     """Run `entry` in `cfg.launch.nproc` local processes; 0 if all succeed, else the first failed status."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
     nproc = cfg.launch.nproc
     if nproc < 1:
         raise ConfigError(f"launch.nproc {nproc}: expected at least 1 process")
     load_entry(entry)  # a typo fails here, not in every rank
     config_path = save_config(cfg, cfg.run_dir)
-    base_env = {
-        **os.environ,
-        "WORLD_SIZE": str(nproc),
-        "LOCAL_WORLD_SIZE": str(nproc),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-        "PYTHONUNBUFFERED": "1",
-    }
+    launch = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=time.strftime("%Y%m%d-%H%M%S"),  # names this launch's log folder, so they sort by time
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # a free port, as torchrun --standalone
+        max_restarts=0,
+        start_method="spawn",
+        log_line_prefix_template="[rank ${rank}] ",
+        logs_specs=DefaultLogsSpecs(log_dir=str(Path(cfg.run_dir) / "launch"), tee=Std.ALL),
+    )
     # Like torchrun: without a limit every rank would start one thread per core and they would fight.
-    base_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    lock = threading.Lock()
-    procs: list[subprocess.Popen] = []
-    streams: list[threading.Thread] = []
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
+    with _environment(OMP_NUM_THREADS=threads, PYTHONUNBUFFERED="1"), _quiet_agent():
+        try:
+            elastic_launch(launch, sys.executable)("-m", "launch.local", entry, str(config_path))
+        except ChildFailedError as err:
+            rank, failure = err.get_first_failure()
+            others = "; stopped the other ranks" if nproc > 1 else ""
+            print(f"rank {rank} exited with status {failure.exitcode}{others}", file=sys.stderr, flush=True)
+            return failure.exitcode
+    return 0
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """`values` in os.environ while the ranks start (they inherit it), the previous values after."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
-        for rank in range(nproc):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "launch.local", entry, str(config_path)],
-                env={**base_env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,  # its own process group, so _stop reaches the rank's children too
-            )
-            procs.append(proc)
-            streams.append(threading.Thread(target=_stream, args=(proc.stdout, f"[rank {rank}] ", lock)))
-            streams[-1].start()
-        failed = _wait_first_failure(procs)
+        yield
     finally:
-        _stop(procs)
-        for thread in streams:
-            thread.join()
-    if failed is None:
-        return 0
-    status = procs[failed].returncode
-    print(f"rank {failed} exited with status {status}; stopped the other ranks", file=sys.stderr, flush=True)
-    return status
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
-def _wait_first_failure(procs: list[subprocess.Popen]) -> int | None:
-    """Wait until every rank has succeeded (None) or one has failed (its rank)."""
-    while True:
-        codes = [p.poll() for p in procs]
-        failed = next((rank for rank, code in enumerate(codes) if code not in (None, 0)), None)
-        if failed is not None or all(code == 0 for code in codes):
-            return failed
-        time.sleep(0.1)
+@contextlib.contextmanager
+def _quiet_agent() -> Iterator[None]:
+    """The launcher's own warnings (closing signals, the failure summary) only when something else failed:
+    the failed rank's status is reported in one line by `run_local`."""
+    agent = logging.getLogger("torch.distributed.elastic")
+    level = agent.level
+    agent.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        agent.setLevel(level)
 
 
 def _main(entry: str, config_path: str) -> int:

@@ -95,9 +95,10 @@ def test_one_rank_failing_stops_the_others_at_once(entries, tmp_path, capsys):
 def test_a_user_error_in_a_rank_is_one_line(entries, tmp_path, capsys):
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "launch.nproc=1"])
     assert run_local(f"{entries}:bad_input", cfg) == 2
-    out = capsys.readouterr().out
-    assert "[rank 0] error: data.shards 'nowhere/*.tar': no shards match" in out
-    assert "Traceback" not in out
+    printed = capsys.readouterr()
+    assert "[rank 0] error: data.shards 'nowhere/*.tar': no shards match" in printed.err
+    assert "Traceback" not in printed.out + printed.err
+    assert printed.err.strip().splitlines()[-1] == "rank 0 exited with status 2"
 
 
 def test_slurm_master_port_is_below_the_ephemeral_range_and_the_same_for_array_tasks():
