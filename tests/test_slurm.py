@@ -28,7 +28,7 @@ from trajtok.eval.run import evaluate
 from trajtok.tracking import start_tracker
 
 JOB_TIMEOUT_S = 240
-STARTUP_ALLOWANCE_S = 10  # a fresh interpreter importing torch on a loaded 2-core CI machine
+STARTUP_ALLOWANCE_S = 5  # a fresh interpreter importing torch on a loaded 2-core CI machine (4 s idle)
 
 
 def _sbatch_lines(capsys: pytest.CaptureFixture, *overrides: str) -> set[str]:
@@ -133,17 +133,17 @@ def test_setup_lines_extra_options_and_whole_nodes_for_ray(capsys, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "target, overrides, refusal",
-    [
-        ("train", ["data.shards=/nowhere/shard-{000000..000009}.tar"], "data.shards '/nowhere/"),
-        ("train", ["data.shards={shards}", "model.size=nope"], "model.size"),
-        ("shard", ["data.manifest=/nowhere/m.jsonl", "pipeline.out={out}"], "/nowhere/m.jsonl"),
-        ("eval", ["ckpt=/nowhere/run", "data.manifest=/nowhere/m.jsonl"], "eval.ckpt '/nowhere/run'"),
-        ("eval", ["task=retrieve"], "eval.task 'retrieve'"),
+    "target, overrides, refusal, seconds",
+    [  # the issue's target is training's: < 5 s; the shard and eval checks import Ray / MLflow (8-10 s)
+        ("train", ["data.shards=/nowhere/shard-{000000..000009}.tar"], "data.shards '/nowhere/", 5),
+        ("train", ["data.shards={shards}", "model.size=nope"], "model.size", 5),
+        ("shard", ["data.manifest=/nowhere/m.jsonl", "pipeline.out={out}"], "/nowhere/m.jsonl", 15),
+        ("eval", ["ckpt=/nowhere/run", "data.manifest=/nowhere/m.jsonl"], "eval.ckpt '/nowhere/run'", 15),
+        ("eval", ["task=retrieve"], "eval.task 'retrieve'", 15),
     ],
 )
 def test_submit_refuses_a_job_bound_to_fail_before_sbatch(
-    target, overrides, refusal, tmp_path, synthetic_shards
+    target, overrides, refusal, seconds, tmp_path, synthetic_shards
 ):
     bin_dir = tmp_path / "bin"  # an sbatch that only records that it was called
     bin_dir.mkdir()
@@ -166,7 +166,7 @@ def test_submit_refuses_a_job_bound_to_fail_before_sbatch(
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     started = time.monotonic()
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
-    assert time.monotonic() - started < 5 + STARTUP_ALLOWANCE_S
+    assert time.monotonic() - started < seconds + STARTUP_ALLOWANCE_S
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert refusal in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "sbatch-called").exists() and not (tmp_path / "run").exists()

@@ -26,7 +26,6 @@ import torch
 import torch.distributed as dist
 
 from trajtok.config import JobConfig
-from trajtok.tracking import start_tracker
 
 
 @dataclass(frozen=True)
@@ -132,6 +131,8 @@ def smoke(cfg: JobConfig) -> dict[str, Any]:
     expected = env.world_size * (env.world_size + 1) / 2
     shared: list[Any] = [None, None]
     if env.rank == 0:
+        from trajtok.tracking import start_tracker  # MLflow: only the smoke job logs from here
+
         tracker = start_tracker(cfg, rank=0)
         attempt = _record_attempt(
             Path(cfg.run_dir),

@@ -33,7 +33,7 @@ TARGETS: dict[str, Target] = {
     "train": Target(
         "trajtok.train.loop:main",
         "DeepSpeed training: a task per GPU (or launch.nproc)",
-        check="trajtok.train.loop:check_submission",
+        check="trajtok.train.checks:check_submission",
     ),
     "eval": Target(
         "trajtok.eval.run:main",

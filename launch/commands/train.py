@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from launch.local import run_local
-    from trajtok.train.loop import check_job  # torch and DeepSpeed load only when a job runs
+    from trajtok.train.checks import check_job  # torch loads only when a job runs
 
     cfg = config_from_args(args)
     if cfg.launch.backend != "local":

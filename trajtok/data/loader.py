@@ -1,8 +1,8 @@
 """The training loader: WebDataset shards -> augmented batches of clips, label maps and captions.
 
 How the data moves (each step is one function below):
-- `expand_shards`: brace patterns and globs -> shard URLs; any fsspec URL works (local, memory://, s3://
-  when the user installs the driver).
+- `expand_shards` (`trajtok.data.shard_urls`): brace patterns and globs -> shard URLs; any fsspec URL
+  works (local, memory://, s3:// when the user installs the driver).
 - `shard_sequence`: each (rank, worker) reads its own endless, deterministic sequence of shards. Round r
   shuffles the whole list with (seed, epoch, r) and deals it out, so within a round no shard is read twice;
   with fewer shards than readers, each reader draws with its own seed instead. Shards are resampled, so a
@@ -25,7 +25,6 @@ one sample, which only a corrupt shard can cause.)
 
 from __future__ import annotations
 
-import glob as globlib
 import json
 import logging
 import random
@@ -35,7 +34,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import count
 
-import braceexpand
 import fsspec
 import numpy as np
 import torch
@@ -44,35 +42,12 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from trajtok.config import JobConfig
 from trajtok.data.augment import AugmentParams, augment_clip, center_clip, label_grid
+from trajtok.data.shard_urls import expand_shards
 from trajtok.errors import ConfigError, TrajTokError
 
 log = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_SKIPS = 1000  # a stream that yields nothing usable for this long is a configuration error
-
-
-def expand_shards(spec: str) -> list[str]:
-    """`"a-{000..003}.tar b.tar dir/*.tar"` -> the list of URLs, in order.
-
-    Items are separated by spaces; each is brace-expanded; an item with `*` or `?` is globbed (locally, or
-    through fsspec for a URL).
-    """
-    urls: list[str] = []
-    for item in spec.split():
-        for url in braceexpand.braceexpand(item):
-            if any(c in url for c in "*?["):
-                urls.extend(_glob(url))
-            else:
-                urls.append(url)
-    return urls
-
-
-def _glob(pattern: str) -> list[str]:
-    if "://" not in pattern:
-        return sorted(globlib.glob(pattern))
-    fs, _, _ = fsspec.get_fs_token_paths(pattern)
-    protocol = pattern.split("://", 1)[0]
-    return [f"{protocol}://{p}" if "://" not in p else p for p in sorted(fs.glob(pattern))]
 
 
 def _seed(*parts: int | str) -> int:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from trajtok.config import ClipConfig, ModelConfig
@@ -160,6 +161,9 @@ def compile_parts(model: nn.Module) -> None:
     Parts, not the whole model: TrajViT2 draws tokens per trajectory in Python each step, which would break
     one whole-model graph; per part, each n is one more cached graph of the encoder.
     """
+    for module in model.modules():  # methods a module keeps out of the graph (its `compile_disabled`)
+        for name in getattr(module, "compile_disabled", ()):
+            setattr(module, name, torch.compiler.disable(getattr(module, name)))
     for part in model.parts().values():
         for module in part if isinstance(part, nn.ModuleList) else [part]:
             module.compile()

@@ -26,6 +26,10 @@ MAX_TOKENS_PER_TRAJECTORY = 4
 class TrajectoryEncoder(nn.Module):
     """(features (B, T*h*w, D), Segmentation) -> tokens (B, K*n, D) and their validity mask (B, K*n)."""
 
+    # A Python int by design: `compile_parts` leaves it out of the graph (torch.compiler.disable, applied
+    # there so that importing the model does not load torch._dynamo), and the encoder keeps one graph per n.
+    compile_disabled = ("tokens_per_trajectory",)
+
     def __init__(
         self,
         dim: int,
@@ -48,7 +52,6 @@ class TrajectoryEncoder(nn.Module):
         self.sub_tokens = nn.Parameter(fourier_features(MAX_TOKENS_PER_TRAJECTORY, dim))
         self.perceiver = Perceiver(dim, depth, heads, rotary)
 
-    @torch.compiler.disable  # a Python int by design: a compiled encoder keeps one graph per n
     def tokens_per_trajectory(self) -> int:
         """n for this forward: drawn per step in training (a model robust to every n), fixed at inference."""
         if not self.training:

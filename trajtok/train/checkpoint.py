@@ -17,8 +17,8 @@ import random
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import deepspeed
 import numpy as np
 import torch
 from omegaconf import OmegaConf
@@ -29,6 +29,9 @@ from torch import nn
 
 from trajtok.config import ClipConfig, ModelConfig
 from trajtok.errors import ConfigError
+
+if TYPE_CHECKING:
+    import deepspeed
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,16 @@ each step (`trajtok.train.schedule`), so DeepSpeed gets no scheduler.
 
 from __future__ import annotations
 
-import deepspeed
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from trajtok.config import TrainConfig
 from trajtok.errors import ConfigError
+
+if TYPE_CHECKING:  # DeepSpeed loads when an engine is built: the submit host's checks do without it
+    import deepspeed
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -85,6 +89,8 @@ def scalars_as_vectors(model: nn.Module) -> None:
 
 def build_engine(model: nn.Module, train: TrainConfig, world_size: int) -> deepspeed.DeepSpeedEngine:
     """Wrap `model` in a DeepSpeed engine with our AdamW (the process group must already exist)."""
+    import deepspeed
+
     on_gpu = torch.cuda.is_available()
     check_train_config(train, on_gpu)
     scalars_as_vectors(model)

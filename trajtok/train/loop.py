@@ -14,14 +14,12 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-import fsspec
 import torch
 
 from trajtok.config import JobConfig, config_digest, save_config
 from trajtok.data.loader import build_loader, expand_shards
 from trajtok.data.normalise import normalise_frames
 from trajtok.distributed import init_process_group
-from trajtok.errors import ConfigError
 from trajtok.losses import EarlyMatching, total_loss
 from trajtok.models.registry import build_model
 from trajtok.models.segmenter import VideoSegmenter
@@ -36,48 +34,17 @@ from trajtok.train.checkpoint import (
     save_checkpoint,
     set_aside_earlier_run,
 )
-from trajtok.train.engine import build_engine, check_train_config, compute_dtype, set_lr
+from trajtok.train.checks import check_job
+from trajtok.train.engine import build_engine, compute_dtype, set_lr
 from trajtok.train.metrics import TrainMeter, format_line
 from trajtok.train.schedule import lr_at
-from trajtok.train.validation import HeldOut, check_validation
-from trajtok.train.warm_start import warm_start, weights_file
+from trajtok.train.validation import HeldOut
+from trajtok.train.warm_start import warm_start
 
 log = logging.getLogger("trajtok.train")
 
 LOG_FILE = "train.log"
 LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
-TRAINABLE = ("trajvit2", "vit3d", "segmenter")  # trajadapter probes frozen features: evaluation's job
-
-
-def check_job(cfg: JobConfig, on_gpu: bool | None = None) -> None:
-    """Refuse a config this loop cannot run, before any process starts (`on_gpu`: default, this host's)."""
-    if cfg.model.name not in TRAINABLE:
-        raise ConfigError(f"model.name '{cfg.model.name}': train takes one of {', '.join(TRAINABLE)}")
-    if not expand_shards(cfg.data.shards):
-        raise ConfigError(f"data.shards '{cfg.data.shards}': names no shard")
-    if cfg.model.init:
-        weights_file(cfg.model.init)
-    check_train_config(cfg.train, on_gpu=torch.cuda.is_available() if on_gpu is None else on_gpu)
-    check_validation(cfg)
-
-
-def check_submission(cfg: JobConfig) -> None:
-    """`submit train` on the submit host: the job's own checks for the GPUs it asks for, and the model
-    built on the meta device (no memory, no time), so a bad size or part fails before the queue wait."""
-    check_job(cfg, on_gpu=cfg.launch.gpus_per_node > 0)
-    urls = expand_shards(cfg.data.shards)
-    local = [url for url in urls if "://" not in url]
-    remote = [url for url in urls if "://" in url]
-    remote = remote[:: max(len(remote) - 1, 1)]  # the first and the last: one request each
-    missing = [url for url in local if not Path(url).is_file()]
-    missing += [url for url in remote if not fsspec.core.url_to_fs(url)[0].exists(url)]
-    if missing:
-        raise ConfigError(
-            f"data.shards '{cfg.data.shards}': {len(missing)} of {len(urls)} shard(s) not found from this "
-            f"host (e.g. {missing[0]})"
-        )
-    with torch.device("meta"):
-        build_model(cfg.model, cfg.clip)
 
 
 def early_matching(model: torch.nn.Module) -> EarlyMatching | None:

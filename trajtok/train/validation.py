@@ -26,19 +26,6 @@ from trajtok.eval.pictures import prediction_picture
 from trajtok.eval.run import Evaluation, mlflow_metrics, run_retrieval
 
 
-def check_validation(cfg: JobConfig) -> None:
-    """Refuse validation settings that cannot run, before any process starts."""
-    train = cfg.train
-    if train.eval_every < 0 or train.picture_clips < 1:
-        raise ConfigError("train.eval_every must be >= 0 and train.picture_clips >= 1")
-    if train.eval_every and not train.eval_set:
-        raise ConfigError("train.eval_every: name the held-out clips in train.eval_set")
-    if train.eval_every and cfg.model.name == "segmenter":
-        raise ConfigError("train.eval_every: retrieval needs a video-text model; the segmenter has pictures")
-    if train.eval_set:
-        read_items(train.eval_set)
-
-
 class HeldOut:
     """The fixed picture clips and the validation set of one training job."""
 
