@@ -31,9 +31,11 @@ from launch.demo import (  # noqa: E402
     evaluate_model,
     has_ground_truth,
     make_shards,
+    segmenter_stage,
     train_model,
     training_summary,
     with_changes,
+    with_held_out,
 )
 from trajtok.config import load_config  # noqa: E402
 
@@ -88,9 +90,10 @@ def run(args: argparse.Namespace, command: list[str]) -> dict:
     cfg = load_config(args.config, [f"demo.out={out}", *args.overrides])
     cfg = with_changes(cfg, **{"tracking.uri": cfg.tracking.uri or f"sqlite:///{out / 'mlflow.db'}"})
     train_manifest, heldout = data_sets(cfg, out)
+    cfg = with_held_out(cfg, heldout)
     scored = has_ground_truth(heldout)
     shards = make_shards(cfg, train_manifest, out)
-    stage_one = {"train.steps": cfg.demo.segmenter_steps, "train.lr": cfg.demo.segmenter_lr}
+    stage_one = segmenter_stage(cfg)
     rows, inits = {}, {}  # switch -> its row; stage-1 owner -> the segmenter run it warm-starts from
     for name in args.switches:
         owner = name if SWITCHES[name].stage_one else "as built"

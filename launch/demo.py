@@ -166,6 +166,18 @@ def make_shards(cfg: JobConfig, manifest: Path, out: Path) -> str:
 TRAIN_SECONDS_FILE = "demo-train-seconds.txt"
 
 
+def with_held_out(cfg: JobConfig, heldout_manifest: Path) -> JobConfig:
+    """Training draws the held-out clips in its pictures and validates on them (`train.eval_every`),
+    unless the config names its own `train.eval_set`."""
+    return with_changes(cfg, **{"train.eval_set": cfg.train.eval_set or str(heldout_manifest)})
+
+
+def segmenter_stage(cfg: JobConfig) -> dict[str, Any]:
+    """The settings of stage 1, the segmenter alone: its steps and learning rate, and no retrieval
+    validation (a segmenter has no text side; its pictures show how it does)."""
+    return {"train.steps": cfg.demo.segmenter_steps, "train.lr": cfg.demo.segmenter_lr, "train.eval_every": 0}
+
+
 def train_model(cfg: JobConfig, name: str, shards: str, out: Path, **changes: Any) -> tuple[Path, float]:
     """Train one model with DeepSpeed in `launch.nproc` local processes: its run directory and the seconds
     the training took (kept in the run directory, so a rerun that reuses the run reports them too)."""
@@ -234,8 +246,7 @@ def run_demo(cfg: JobConfig) -> DemoResult:
 
     _stage(next(stages), total, "training and held-out sets")
     train_manifest, heldout_manifest = data_sets(cfg, out)
-    # training draws the held-out clips in its pictures and validates on them (train.eval_every)
-    cfg = with_changes(cfg, **{"train.eval_set": cfg.train.eval_set or str(heldout_manifest)})
+    cfg = with_held_out(cfg, heldout_manifest)
     scored = has_ground_truth(heldout_manifest)
     _stage(next(stages), total, f"pseudo-labels ({cfg.pseudolabel.name}) of the real sample videos")
     pictures = label_real_videos(cfg, out)
@@ -257,13 +268,7 @@ def run_demo(cfg: JobConfig) -> DemoResult:
         _stage(
             next(stages), total, f"trajvit2 stage 1: the segmenter alone on the pseudo-labels, {steps} steps"
         )
-        run_dir, init_seconds = train_model(
-            cfg,
-            "segmenter",
-            shards,
-            out,
-            **{"train.steps": steps, "train.lr": cfg.demo.segmenter_lr, "train.eval_every": 0},
-        )
+        run_dir, init_seconds = train_model(cfg, "segmenter", shards, out, **segmenter_stage(cfg))
         results.append(evaluated("segmenter", run_dir, True, steps, init_seconds))
         init = str(run_dir)
     for name in cfg.demo.models:

@@ -7,17 +7,19 @@ LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT, prefixes their output
 it per rank in `<run_dir>/launch/<start time>_*/`), and when one rank fails stops the others' process
 groups at once: a crashed rank must not leave the rest waiting in a collective forever. What it does not
 do, done here: the resolved config goes to `<run_dir>/config.yaml` and every rank reads it from there (all
-ranks run the same settings), a user error in a rank is one line and its status, and ranks are not
-restarted (a training job resumes from its checkpoints when run again; `max_restarts` would replay a user
-error).
+ranks run the same settings), a user error in a rank is one line and its status, a rank dies with its
+launcher (`_die_with_the_launcher`), and ranks are not restarted (a training job resumes from its
+checkpoints when run again; `max_restarts` would replay a user error).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +28,9 @@ from typing import Any
 
 from trajtok.config import JobConfig, load_config, save_config
 from trajtok.errors import ConfigError, TrajTokError
+
+LAUNCHER_PID = "TRAJTOK_LAUNCHER_PID"  # tells a rank which process must outlive it
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
 def load_entry(entry: str) -> Callable[[JobConfig], Any]:
@@ -64,7 +69,8 @@ def run_local(entry: str, cfg: JobConfig) -> int:
     )
     # Like torchrun: without a limit every rank would start one thread per core and they would fight.
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
-    with _environment(OMP_NUM_THREADS=threads, PYTHONUNBUFFERED="1"), _quiet_agent():
+    env = {"OMP_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1", LAUNCHER_PID: str(os.getpid())}
+    with _environment(**env), _quiet_agent():
         try:
             elastic_launch(launch, sys.executable)("-m", "launch.local", entry, str(config_path))
         except ChildFailedError as err:
@@ -103,8 +109,25 @@ def _quiet_agent() -> Iterator[None]:
         agent.setLevel(level)
 
 
+def _die_with_the_launcher() -> None:
+    """Linux: SIGKILL this rank when its launcher dies, however it dies (kill -9, the OOM killer).
+
+    The ranks run in sessions of their own (so a failed rank's whole process group can be stopped), out of
+    reach of a signal to the launcher's group: without this, a killed launcher's ranks would go on training,
+    orphaned, into the run directory a rerun writes too. Their loader workers exit with them.
+    """
+    launcher = os.environ.get(LAUNCHER_PID)
+    if launcher is None or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(launcher):  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _main(entry: str, config_path: str) -> int:
     """One rank: load the saved config and call the entry (a user error is one line, not a traceback)."""
+    _die_with_the_launcher()
     try:
         load_entry(entry)(load_config(config_path))
     except TrajTokError as err:

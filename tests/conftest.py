@@ -17,6 +17,21 @@ from typing import Any
 
 import pytest
 
+
+@pytest.fixture(autouse=True)
+def _fresh_mlflow_tracking_uri() -> Iterator[None]:
+    """Every in-process MLflow call a test makes (`mlflow.set_tracking_uri`, which the tracker calls) leaves
+    a process-wide URI that wins over MLFLOW_TRACKING_URI; reset after each test, so no later test talks to
+    an earlier test's store or stopped server."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:  # not imported: nothing was set
+        mlflow.set_tracking_uri(None)
+        if before is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_VIDEOS = REPO_ROOT.parent / "shared" / "data" / "videos"
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
 import time
 
+import psutil
 import pytest
 
 from launch.cli import main
@@ -73,6 +76,10 @@ def entries(tmp_path, monkeypatch) -> str:
                 raise SystemExit(3)
             time.sleep(600)  # rank 0 would wait forever, as in a collective with a dead peer
 
+        def both_wait(cfg):
+            Path(cfg.run_dir, f"pid{os.environ['RANK']}").write_text(str(os.getpid()))
+            time.sleep(600)
+
         def bad_input(cfg):
             raise ConfigError("data.shards 'nowhere/*.tar': no shards match")
     """))
@@ -90,6 +97,24 @@ def test_one_rank_failing_stops_the_others_at_once(entries, tmp_path, capsys):
     rank0 = int((tmp_path / "run" / "pid0").read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(rank0, 0)
+
+
+def test_a_launcher_killed_with_sigkill_takes_its_ranks_with_it(entries, tmp_path):
+    run_dir = tmp_path / "run"
+    script = (
+        "from launch.local import run_local; from trajtok.config import load_config; "
+        f"run_local('{entries}:both_wait', load_config(None, ['run_dir={run_dir}', 'launch.nproc=2']))"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not all((run_dir / f"pid{rank}").exists() for rank in (0, 1)):
+        assert launcher.poll() is None and time.monotonic() < deadline, "the ranks did not start"
+        time.sleep(0.1)
+    ranks = [psutil.Process(int((run_dir / f"pid{rank}").read_text())) for rank in (0, 1)]
+    launcher.kill()  # SIGKILL: no chance to stop anything itself
+    launcher.wait()
+    gone, alive = psutil.wait_procs(ranks, timeout=10)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], "ranks outlived their launcher"
 
 
 def test_a_user_error_in_a_rank_is_one_line(entries, tmp_path, capsys):
