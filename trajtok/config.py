@@ -27,6 +27,9 @@ except ImportError:  # omegaconf 2.3
 
 from trajtok.errors import ConfigError
 
+MODEL_NAMES = ("trajvit2", "vit3d", "segmenter", "trajadapter")  # the registry's, for --help without torch
+DECODE_TIMEOUT = 60.0  # seconds before a hanging decode is abandoned (`pipeline.decode_timeout`, readers)
+
 
 @dataclass
 class DataConfig:
@@ -142,7 +145,7 @@ class PipelineConfig:
     overwrite: bool = False
     label_actors: int = 0  # worker actors; 0 = one per CPU of the Ray cluster (or per label_gpus of its GPUs)
     label_gpus: float = 0.0  # GPUs per worker; 0 = one if the labeler wants a GPU and the cluster has one
-    decode_timeout: float = 60.0  # seconds before a hanging decode is abandoned
+    decode_timeout: float = DECODE_TIMEOUT
     frame_format: str = "mp4"  # mp4 | jpg | png
     label: bool = True  # false: unlabelled samples (frames and metadata only)
     stall_timeout: float = 600.0  # seconds without a finished clip: the worker is replaced, its row failed

@@ -7,9 +7,8 @@ import dataclasses
 import json
 
 from launch.commands._common import expand_aliases
-from trajtok.config import ModelConfig, load_config
+from trajtok.config import MODEL_NAMES, ModelConfig, load_config
 from trajtok.errors import ConfigError
-from trajtok.models.registry import MODELS
 
 # Bare keys: any model field, and two clip settings by the names model cards use.
 ALIASES = {
@@ -26,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Builds MODEL on the meta device and reports its parameters per part, forward GFLOPs at "
         "batch 1 (torch's flop counter) and video tokens per clip.",
     )
-    parser.add_argument("model", choices=sorted(MODELS), help="registry name")
+    parser.add_argument("model", choices=sorted(MODEL_NAMES), help="registry name")
     parser.add_argument(
         "overrides",
         nargs="*",

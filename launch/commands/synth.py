@@ -6,7 +6,6 @@ import argparse
 import json
 
 from launch.commands._common import add_config_arguments, config_from_args
-from trajtok.data.synth import dataset_is_current, write_dataset
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from trajtok.data.synth import dataset_is_current, write_dataset  # the video stack, when it runs
+
     cfg = config_from_args(args).synth
     verb = "reused" if dataset_is_current(cfg) else "wrote"
     manifest = write_dataset(cfg)

@@ -6,8 +6,7 @@ import argparse
 import json
 import sys
 
-from trajtok.data.video import DEFAULT_TIMEOUT, open_video
-from trajtok.errors import VideoDecodeError
+from trajtok.config import DECODE_TIMEOUT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,14 +27,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--timeout",
         type=float,
-        default=DEFAULT_TIMEOUT,
+        default=DECODE_TIMEOUT,
         metavar="SECONDS",
-        help=f"give up on a file whose decoding takes longer; 0 for no limit (default: {DEFAULT_TIMEOUT:g})",
+        help=f"give up on a file whose decoding takes longer; 0 for no limit (default: {DECODE_TIMEOUT:g})",
     )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from trajtok.data.video import open_video  # PyAV and numpy load only when a command runs
+    from trajtok.errors import VideoDecodeError
+
     failed = 0
     for path in args.paths:
         try:

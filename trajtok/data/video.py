@@ -60,6 +60,7 @@ import numpy as np
 from av.video.frame import PictureType
 from fsspec.implementations.local import LocalFileSystem
 
+from trajtok.config import DECODE_TIMEOUT
 from trajtok.data.labels import resize_frames
 from trajtok.errors import VideoDecodeError
 
@@ -67,7 +68,7 @@ VideoSource = str | os.PathLike | bytes
 Backend = Literal["auto", "decord", "pyav"]
 SamplingMode = Literal["middle", "random"]
 
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = DECODE_TIMEOUT
 PROBE_FRAMES = 6  # decoded at open: frames misordered by their timestamps show within the first few
 
 _abandoned: list[threading.Thread] = []  # decoder threads still running past their deadline
