@@ -11,6 +11,8 @@ draws the same random numbers as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import random
@@ -169,7 +171,10 @@ def consolidated_state_dict(path: Path) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     if any(path.glob("*optim_states.pt")):
-        state = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
+        chatter = io.StringIO()  # its progress bars and prints: for the debug log, not the terminal
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            state = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
+        log.debug("consolidating %s: %s", path, chatter.getvalue())
     else:  # ZeRO stage 0 in fp32: the module's weights are the master weights
         state = torch.load(path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)[
             "module"

@@ -8,6 +8,8 @@ each step (`trajtok.train.schedule`), so DeepSpeed gets no scheduler.
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -89,9 +91,16 @@ def scalars_as_vectors(model: nn.Module) -> None:
 
 def build_engine(model: nn.Module, train: TrainConfig, world_size: int) -> deepspeed.DeepSpeedEngine:
     """Wrap `model` in a DeepSpeed engine with our AdamW (the process group must already exist)."""
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:  # said, so that DeepSpeed does not warn that it had to guess
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
-    on_gpu = torch.cuda.is_available()
+    # DeepSpeed's ZeRO collectives call all_gather_into_tensor, which this torch marks deprecated: a warning
+    # per rank and run that the user can do nothing about
+    warnings.filterwarnings(
+        "ignore", r"`torch\.distributed\.all_gather_into_tensor` is deprecated", FutureWarning
+    )
     check_train_config(train, on_gpu)
     scalars_as_vectors(model)
     optimizer = torch.optim.AdamW(

@@ -158,7 +158,8 @@ def _train(cfg: JobConfig, rank: int, world_size: int, device: torch.device, log
         final = resolve_resume("auto", cfg.run_dir)
         weights = export_weights(final, Path(cfg.run_dir) / WEIGHTS_FILE, cfg.model, cfg.clip, state.step)
         tracker.log_model(weights, save_config(cfg, cfg.run_dir), state.step, cfg.tracking.register)
-        log.info("trained %d steps; weights in %s, logged as the run's MLflow model", state.step, weights)
+        logged = f", and as MLflow model runs:/{tracker.run_id}/model" if tracker.run_id else ""
+        log.info("trained %d steps; weights in %s%s", state.step, weights, logged)
         if log_file is not None:
             tracker.log_artifact(log_file)
     tracker.close()
