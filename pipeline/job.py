@@ -74,8 +74,8 @@ def run_shard_job(cfg: JobConfig) -> dict[str, Any]:
     ctx = ShardContext(cfg, out, settings)
     with start_tracker(cfg, rank=0, run_dir=run_dir) as tracker:
         # the start of the lineage manifest -> shards (pipeline.out) -> training -> evaluation
-        rows = json.dumps([row_fingerprint(row) for row in manifest.rows], default=str)
-        tracker.log_dataset([manifest.source], "manifest", context="labelling", content=rows)
+        content = "".join(plan.digest for plan in plans)  # the plan's digests already identify the rows
+        tracker.log_dataset([manifest.source], "manifest", context="labelling", content=content)
         with ray_session(cfg.ray), _Progress(state.todo, cfg.clip.clips_per_video, tracker) as progress:
             gpus = worker_gpus(cfg)
             result = run_shards(

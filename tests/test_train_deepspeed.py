@@ -294,6 +294,13 @@ def test_validation_and_pictures_of_fixed_held_out_clips_during_training(synthet
     with Image.open(client.download_artifacts(run_id, pictures[0], str(tmp_path))) as first:
         # 2 clips x (frame, pseudo-label, prediction) rows of 4 frames, each upscaled to >= 192 px
         assert first.height >= 2 * 3 * 192 and first.width >= 4 * 192
+    # validating and drawing leave training's random numbers alone: the same losses as a run without them
+    plain = tmp_path / "plain"
+    _train(
+        *_overrides(synthetic_shards.pattern, plain, db, "train.zero_stage=0", "launch.nproc=1"),
+        "train.steps=4",
+    )
+    assert _history(db, plain) == pytest.approx(_history(db, run_dir), rel=1e-6)
 
 
 def test_zero3_trains(synthetic_shards, tmp_path: Path, run_cli):

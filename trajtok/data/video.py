@@ -68,7 +68,6 @@ VideoSource = str | os.PathLike | bytes
 Backend = Literal["auto", "decord", "pyav"]
 SamplingMode = Literal["middle", "random"]
 
-DEFAULT_TIMEOUT = DECODE_TIMEOUT
 PROBE_FRAMES = 6  # decoded at open: frames misordered by their timestamps show within the first few
 
 _abandoned: list[threading.Thread] = []  # decoder threads still running past their deadline
@@ -603,7 +602,7 @@ def open_video(
     source: VideoSource,
     *,
     name: str | None = None,
-    timeout: float | None = DEFAULT_TIMEOUT,
+    timeout: float | None = DECODE_TIMEOUT,
     backend: Backend = "auto",
 ) -> VideoReader:
     """Open a video from a local path, an fsspec URI (`file://`, `memory://`, `s3://` ...) or bytes.
@@ -651,7 +650,7 @@ def load_clip(
     end: float | None = None,
     rng: np.random.Generator | int | None = None,
     *,
-    timeout: float | None = DEFAULT_TIMEOUT,
+    timeout: float | None = DECODE_TIMEOUT,
     window_seconds: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, VideoInfo]:
     """Open, sample one clip, close: (frames (T, H, W, 3) uint8, timestamps (T,) seconds, info).

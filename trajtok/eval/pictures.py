@@ -25,9 +25,11 @@ def prediction_picture(
     computed in eval mode without gradients; None if the module makes no trajectories."""
     was_training = module.training
     module.eval()
-    with torch.no_grad():
-        out = module(normalise_frames(frames, device, dtype))
-    module.train(was_training)
+    try:
+        with torch.no_grad():
+            out = module(normalise_frames(frames, device, dtype))
+    finally:
+        module.train(was_training)
     if out.seg_logits is None:
         return None
     predicted = (out.seg_logits.argmax(dim=-1).view(len(frames), *out.seg_grid) + 1).cpu().numpy()

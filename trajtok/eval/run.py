@@ -39,8 +39,8 @@ from mlflow.exceptions import MlflowException
 from torch import nn
 
 from trajtok.config import JobConfig, ModelConfig, flatten, to_dict
-from trajtok.data.loader import expand_shards
 from trajtok.data.normalise import normalise_frames
+from trajtok.data.shard_urls import expand_shards
 from trajtok.distributed import get_rank, get_world_size, init_process_group
 from trajtok.errors import ConfigError
 from trajtok.eval.classify import class_embeddings, classification_metrics
@@ -235,6 +235,8 @@ def run_segment(job: Evaluation, items: list[EvalItem]) -> dict[str, Any]:
         "clips": len(items),
         "trajectories_per_clip": dict(zip([i.key for i in items], counts.tolist())),
     }
+    if get_rank() != 0:  # rank 0 logs the picture
+        return {"metrics": metrics, "details": details}
     shown = job.clips(items[:PICTURE_CLIPS], with_labels=True)
     samples = [shown[i] for i in range(len(shown))]
     picture = prediction_picture(

@@ -12,6 +12,7 @@ ranks. Rank 0 logs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 
@@ -46,9 +47,11 @@ class HeldOut:
             return
         items = self.items[:count]
         try:
-            samples = [EvalClips(items, self.eval_cfg.clip, with_labels=True)[i] for i in range(len(items))]
+            clips = EvalClips(items, self.eval_cfg.clip, with_labels=True)
+            samples = [clips[i] for i in range(len(items))]
         except ConfigError:  # an unlabelled eval set: frames and predictions only
-            samples = [EvalClips(items, self.eval_cfg.clip)[i] for i in range(len(items))]
+            clips = EvalClips(items, self.eval_cfg.clip)
+            samples = [clips[i] for i in range(len(items))]
         labels = [s.get("labels") for s in samples]
         self.clips = {
             "frames": torch.stack([s["frames"] for s in samples]),
@@ -57,7 +60,10 @@ class HeldOut:
 
     def picture(self, module: nn.Module) -> np.ndarray | None:
         """The clips drawn with the model's hard trajectories now (None if the model makes none)."""
-        return prediction_picture(module, self.clips["frames"], self.clips["labels"], self.device, self.dtype)
+        with self._own_random_numbers():
+            return prediction_picture(
+                module, self.clips["frames"], self.clips["labels"], self.device, self.dtype
+            )
 
     def validate(self, module: nn.Module, step: int) -> dict[str, float]:
         """Retrieval on the eval set with the weights as they are: `val/retrieval/*` metrics."""
@@ -66,10 +72,16 @@ class HeldOut:
         was_training = module.training
         module.eval()
         try:
-            record = {"task": "retrieval", **run_retrieval(job, self.items)}
+            with self._own_random_numbers():  # its DataLoaders draw seeds: training's stream stays as it was
+                record = {"task": "retrieval", **run_retrieval(job, self.items)}
         finally:
             module.train(was_training)
         return mlflow_metrics(record, prefix="val")
+
+    def _own_random_numbers(self) -> contextlib.AbstractContextManager:
+        """Torch's RNG saved and restored around a block, so validating does not change what training
+        draws next (a run with validation trains exactly as one without)."""
+        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
 
 
 def _evaluation_config(cfg: JobConfig) -> JobConfig:
