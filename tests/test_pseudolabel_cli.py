@@ -114,6 +114,9 @@ def test_user_errors_are_one_line(tmp_path, shared_videos, capsys):
     assert main(["label", str(tmp_path / "missing.mp4"), "--out", str(tmp_path)]) == 2
     assert main(["label", str(shared_videos / "tree.avi"), "--labeler", "nope", "--out", str(tmp_path)]) == 2
     assert main(["viz", str(tmp_path / "none.npz"), "--video", str(shared_videos / "tree.avi")]) == 2
+    assert main(["label", str(shared_videos / "tree.avi"), "--start", "5", "--end", "2"]) == 2
+    assert main(["label", str(shared_videos / "tree.avi"), "--seconds", "-1"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 3 and all(line.startswith("trajtok ") for line in errors)
+    assert len(errors) == 5 and all(line.startswith("trajtok ") for line in errors)
+    assert "--end 2 must come after --start 5" in errors[3] and "--seconds -1" in errors[4]
     assert "unknown labeler 'nope'" in errors[1]

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from trajtok.config import ClipConfig, load_config
+from trajtok.errors import ConfigError
 
 DEFAULT_SECONDS = 4.0  # a training clip's length: long enough to move, short enough to follow
 
@@ -73,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     from trajtok.data.video import load_clip
     from trajtok.viz import overlay_frames, overlay_grid, write_gif, write_png
 
+    if args.start is not None and args.end is not None and args.end <= args.start:
+        raise ConfigError(f"--end {args.end:g} must come after --start {args.start:g}")
+    if args.seconds is not None and args.seconds < 0:
+        raise ConfigError(f"--seconds {args.seconds:g}: a window length, 0 for the whole video")
     overrides = list(args.overrides) + ([f"pseudolabel.name={args.labeler}"] if args.labeler else [])
     cfg = load_config(args.config, overrides)
     labeler = labeler_from_config(cfg.pseudolabel)
