@@ -124,7 +124,7 @@ def test_bench_reader_compares_a_revision_with_the_tree_through_the_cli(capsys) 
 @pytest.mark.slow
 def test_bench_ablate_through_the_cli(tmp_path, capsys, monkeypatch) -> None:
     """One switch that leaves stage 1 alone: it warm-starts from the as-built segmenter, and its row
-    carries the paper's sign and the change measured here."""
+    carries the paper's sign and the change measured here; then the loss floor of those runs."""
     from trajtok.config import load_config
 
     # MLflow exports the store it is pointed at to MLFLOW_TRACKING_URI; undone after the test, so later
@@ -147,3 +147,16 @@ def test_bench_ablate_through_the_cli(tmp_path, capsys, monkeypatch) -> None:
     assert job.model.init == str(out / "as-built" / "runs" / "segmenter")
     table = capsys.readouterr().out
     assert "| no hard mask |" in table and "R@5 -4.7" in table and "not built yet" in table
+
+    # the loss floor of the same runs: the exact ground truth scored against the same pseudo-labels
+    floor = tmp_path / "floor.json"
+    runs = [out / "as-built" / "runs" / "segmenter", out / "no-hard-mask" / "runs" / "trajvit2"]
+    manifest = out / "synth-train" / "manifest.jsonl"
+    args = [*map(str, runs), "--manifest", str(manifest), "--clips", "4", "--json", str(floor)]
+    assert main(["bench", "seg-floor", *args]) == 0
+    result = json.loads(floor.read_text())
+    rows = result["rows"]
+    assert result["clips"] == 4 and list(rows) == ["exact ground truth", "untrained", "segmenter", "trajvit2"]
+    assert rows["exact ground truth"]["focal"] is None
+    assert all(0 <= row["dice"] < 1 for row in rows.values())
+    assert rows["untrained"]["dice fall %"] == 0

@@ -36,6 +36,11 @@ BENCHMARKS = {  # name -> (script, help)
         "the paper's trajvit2 ablations (no detach, no Dice, no hard mask) through the demo's recipe, "
         "one row each with the paper's sign",
     ),
+    "seg-floor": (
+        "bench_seg_floor",
+        "how far the segmentation losses can fall: trained segmenters against the exact ground truth's loss "
+        "on the same pseudo-labels",
+    ),
     "reader": (
         "bench_reader_revisions",
         "the video reader of another git revision (--base REV) against this tree's, CPU ms per clip by stage",
