@@ -37,7 +37,8 @@ from trajtok.errors import ConfigError  # noqa: E402
 from trajtok.eval.evalset import GT_COLUMN  # noqa: E402
 from trajtok.losses import segmentation_loss  # noqa: E402
 from trajtok.models.registry import build_model  # noqa: E402
-from trajtok.train.checkpoint import WEIGHTS_FILE, load_exported  # noqa: E402
+from trajtok.models.weights import WEIGHTS_FILE, load_weights  # noqa: E402
+from trajtok.rundir import CONFIG_FILE  # noqa: E402
 
 GROUND_TRUTH, UNTRAINED = "exact ground truth", "untrained"
 CONFIDENT_LOGIT = 30.0  # a hard prediction as logits: softmax puts all but e^-30 on the chosen channel
@@ -65,10 +66,10 @@ def clips(shards: str, manifest: Path, size: int, limit: int):
 
 
 def run(args: argparse.Namespace, command: list[str]) -> dict:
-    cfg = load_config(args.runs[0] / "config.yaml")
+    cfg = load_config(args.runs[0] / CONFIG_FILE)
     torch.manual_seed(cfg.seed)
     models = {UNTRAINED: build_model(cfg.model, cfg.clip)}
-    models |= {run.name: load_exported(run / WEIGHTS_FILE)[0] for run in args.runs}
+    models |= {run.name: load_weights(run / WEIGHTS_FILE)[0] for run in args.runs}
     losses: dict[str, list[tuple[float, float]]] = {name: [] for name in [GROUND_TRUTH, *models]}
     for frames, labels, gt in clips(cfg.data.shards, args.manifest, cfg.clip.size, args.clips):
         with torch.no_grad():

@@ -13,7 +13,6 @@ stage is resumable: a rerun reuses the synthetic set, the finished shards and th
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 
 from trajtok.config import JobConfig, save_config
 from trajtok.errors import ConfigError, TrajTokError
+from trajtok.rundir import read_run_id, write_json, write_text
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov", ".webm"}
@@ -181,7 +181,7 @@ def train_model(cfg: JobConfig, name: str, shards: str, out: Path, **changes: An
     """Train one model with DeepSpeed in `launch.nproc` local processes: its run directory and the seconds
     the training took (kept in the run directory, so a rerun that reuses the run reports them too)."""
     from launch.local import run_local
-    from trajtok.train.checkpoint import WEIGHTS_FILE
+    from trajtok.models.weights import WEIGHTS_FILE
 
     run_dir = out / "runs" / name
     seconds_file = run_dir / TRAIN_SECONDS_FILE
@@ -192,7 +192,7 @@ def train_model(cfg: JobConfig, name: str, shards: str, out: Path, **changes: An
     if code != 0:
         raise TrajTokError(f"training {name} failed with exit code {code}; its log is above")
     if not reused:
-        seconds_file.write_text(f"{time.perf_counter() - start:.1f}\n")
+        write_text(seconds_file, f"{time.perf_counter() - start:.1f}\n")
     return run_dir, float(seconds_file.read_text())
 
 
@@ -217,10 +217,7 @@ def training_summary(run_dir: Path, tracking_uri: str) -> dict[str, float]:
     """The last logged training metrics of a run, read back from MLflow."""
     from mlflow.tracking import MlflowClient
 
-    from trajtok.tracking import RUN_ID_FILE
-
-    run_id = (run_dir / RUN_ID_FILE).read_text().strip()
-    return dict(MlflowClient(tracking_uri).get_run(run_id).data.metrics)
+    return dict(MlflowClient(tracking_uri).get_run(read_run_id(run_dir)).data.metrics)
 
 
 def run_demo(cfg: JobConfig) -> DemoResult:
@@ -292,7 +289,7 @@ def run_demo(cfg: JobConfig) -> DemoResult:
         pictures=pictures,
         seconds=time.perf_counter() - start,
     )
-    (out / "results.json").write_text(json.dumps(_as_json(result), indent=2))
+    write_json(out / "results.json", _as_json(result), indent=2)
     print(format_table(result))
     return result
 

@@ -32,6 +32,7 @@ from trajtok.config import JobConfig, RayConfig, save_config, to_dict
 from trajtok.data.manifest import Manifest, ManifestRow, read_manifest
 from trajtok.data.sample import FRAME_FORMATS, SCHEMA_VERSION
 from trajtok.errors import ConfigError
+from trajtok.rundir import write_text
 from trajtok.tracking import NullTracker, start_tracker
 
 OVERLAY_SAMPLES = 4  # samples in the trajectory picture logged with the run
@@ -137,8 +138,7 @@ def _track_result(tracker: NullTracker, summary: dict[str, Any], out: OutputDir,
     """Final counts as metrics; the summary (also kept in the run directory) and a picture as artifacts."""
     counts = {k: summary[k] for k in ("rows", "written", "skipped", "failed", "clips", "bytes", "shards")}
     tracker.log_metrics({f"summary/{k}": v for k, v in counts.items()}, step=0)
-    local = run_dir / SUMMARY_NAME
-    local.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    local = write_text(run_dir / SUMMARY_NAME, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     tracker.log_artifact(local)
     samples = first_samples(out, OVERLAY_SAMPLES)
     if samples:

@@ -30,7 +30,8 @@ from trajtok.eval.features import rank_batches
 from trajtok.eval.run import Evaluation, caption_list, evaluate, evaluate_and_record, mlflow_metrics
 from trajtok.models.text import build_tokenizer
 from trajtok.models.trajectory_encoder import MAX_TOKENS_PER_TRAJECTORY
-from trajtok.tracking import RUN_ID_FILE, start_tracker
+from trajtok.rundir import RUN_ID_FILE
+from trajtok.tracking import start_tracker
 
 torch.set_num_threads(1)
 CLIP = ["clip.frames=8", "clip.size=32", "clip.sampling=middle"]

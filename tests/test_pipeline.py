@@ -38,7 +38,7 @@ from trajtok.data.sample import decode_sample, validate_sample
 from trajtok.data.synth import write_dataset
 from trajtok.data.video import open_video
 from trajtok.errors import ConfigError
-from trajtok.tracking import RUN_ID_FILE
+from trajtok.rundir import RUN_ID_FILE
 
 # line -> (status, reason kind) for the mixed manifest built below; kind "" for written rows
 EXPECTED = {

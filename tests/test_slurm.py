@@ -224,7 +224,7 @@ def test_preempted_job_is_requeued_and_resumes_its_state_and_mlflow_run(
     # A 60-minute limit makes submitit read the signal as a preemption; the first attempt holds 10 minutes.
     hold = ["launch.time=60", "launch.smoke_hold_s=600"]
     cfg = _config(tmp_path, "launch.nproc=2", *hold, "train.resume=none")
-    job = submit("trajtok.distributed:smoke", cfg)
+    job = submit("launch.smoke:smoke", cfg)
     job_dir = tmp_path / "runs"
     attempts = job_dir / "smoke_attempts.json"
     deadline(JOB_TIMEOUT_S).wait_for(attempts.is_file, "the first attempt's saved state")

@@ -24,8 +24,9 @@ from mlflow_server import mlflow_server as serve
 from trajtok.config import load_config, save_config
 from trajtok.data.normalise import normalise_frames
 from trajtok.errors import ConfigError
-from trajtok.tracking import RUN_ID_FILE, NullTracker, Tracker, start_tracker, tracking_uri
-from trajtok.train.checkpoint import WEIGHTS_FILE, load_exported
+from trajtok.models.weights import WEIGHTS_FILE, load_weights
+from trajtok.rundir import RUN_ID_FILE
+from trajtok.tracking import NullTracker, Tracker, start_tracker, tracking_uri
 
 SHARDS = [f"/data/shards/train-{i:06d}.tar" for i in range(3)]
 
@@ -144,7 +145,7 @@ def test_the_logged_model_loads_by_uri_and_predicts_what_the_weights_do(
 
     loaded = mlflow.pyfunc.load_model(f"runs:/{tracker.run_id}/model")
     clips = np.random.default_rng(0).integers(0, 256, (2, 8, 32, 32, 3), dtype=np.uint8)
-    reference, _ = load_exported(run_dir / WEIGHTS_FILE)
+    reference, _ = load_weights(run_dir / WEIGHTS_FILE)
     frames = normalise_frames(torch.from_numpy(clips).permute(0, 1, 4, 2, 3), torch.device("cpu"))
     with torch.no_grad():
         if name == "segmenter":

@@ -11,6 +11,7 @@ import torch
 from trajtok.config import TrainConfig, load_config
 from trajtok.errors import ConfigError
 from trajtok.models.registry import build_model
+from trajtok.schedule import lr_at
 from trajtok.train.checkpoint import (
     STATE_FILE,
     TrainState,
@@ -20,7 +21,6 @@ from trajtok.train.checkpoint import (
 )
 from trajtok.train.engine import check_train_config, deepspeed_config, param_groups, scalars_as_vectors
 from trajtok.train.loop import early_matching
-from trajtok.train.schedule import lr_at
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny-cpu.yaml"
 

@@ -26,7 +26,8 @@ from safetensors import safe_open
 from launch.cli import main as cli
 from trajtok.config import load_config
 from trajtok.data.normalise import normalise_frames
-from trajtok.train.checkpoint import WEIGHTS_FILE, complete_checkpoints, load_exported
+from trajtok.models.weights import WEIGHTS_FILE, load_weights
+from trajtok.train.checkpoint import complete_checkpoints
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny-cpu.yaml"
 STEPS = 16
@@ -155,7 +156,7 @@ def _all_artifacts(client: mlflow.MlflowClient, run_id: str, path: str | None = 
 
 
 def test_exported_weights_rebuild_the_model(reference_run: Path):
-    model, metadata = load_exported(reference_run / WEIGHTS_FILE)
+    model, metadata = load_weights(reference_run / WEIGHTS_FILE)
     assert metadata["step"] == str(STEPS) and model.registry_name == "trajvit2"
     assert model.logit_scale.log_scale.shape == ()  # the registry's shapes, not the engine's vectors
     with safe_open(str(reference_run / WEIGHTS_FILE), "pt") as f:
@@ -177,7 +178,7 @@ def test_the_run_logs_and_registers_a_model_that_embeds_as_the_exported_weights(
     clips = torch.randint(
         0, 256, (2, 8, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
-    exported, _ = load_exported(reference_run / WEIGHTS_FILE)
+    exported, _ = load_weights(reference_run / WEIGHTS_FILE)
     with torch.no_grad():
         expected = exported.eval().encode_video(normalise_frames(clips.permute(0, 1, 4, 2, 3), "cpu"))
     assert torch.equal(torch.from_numpy(logged.predict(clips.numpy())), expected)
@@ -267,7 +268,7 @@ def test_other_models_train_in_one_process(name: str, synthetic_shards, tmp_path
             "launch.nproc=1",
         )
     )
-    model, metadata = load_exported(run_dir / WEIGHTS_FILE)
+    model, metadata = load_weights(run_dir / WEIGHTS_FILE)
     assert model.registry_name == name
 
 
@@ -310,5 +311,5 @@ def test_zero3_trains(synthetic_shards, tmp_path: Path, run_cli):
     zero3 = ["train.zero_stage=3", "tracking.enabled=false", "train.steps=2", "launch.nproc=1"]
     proc = run_cli("train", str(CONFIG), *overrides, *zero3)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    model, metadata = load_exported(run_dir / WEIGHTS_FILE)
+    model, metadata = load_weights(run_dir / WEIGHTS_FILE)
     assert metadata["step"] == "2" and model.registry_name == "trajvit2"

@@ -19,7 +19,8 @@ from mlflow import MlflowClient
 from launch.cli import main
 from launch.slurm import submit
 from trajtok.config import load_config
-from trajtok.train.checkpoint import WEIGHTS_FILE, complete_checkpoints
+from trajtok.models.weights import WEIGHTS_FILE
+from trajtok.train.checkpoint import complete_checkpoints
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny-cpu.yaml"
 JOB_TIMEOUT_S = 300

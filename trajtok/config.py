@@ -366,8 +366,6 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def save_config(cfg: JobConfig, run_dir: str | Path) -> Path:
     """Write the resolved config beside the run, so every run can be reproduced from its directory."""
-    out = Path(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / "config.yaml"
-    target.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    return target
+    from trajtok.rundir import CONFIG_FILE, write_text
+
+    return write_text(Path(run_dir) / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.structured(cfg)))

@@ -2,7 +2,7 @@
 
 A raw weights artifact cannot be loaded with `mlflow.pyfunc.load_model`, shown on a model page or given an
 alias. The logged model holds the exported `weights.safetensors` (which carries its registry config) and
-the run's `config.yaml`; loading rebuilds our registry model with `load_exported`. Nothing is pickled: the
+the run's `config.yaml`; loading rebuilds our registry model with `load_weights`. Nothing is pickled: the
 model is logged from code (`logged_model_code.py` names the wrapper below), so it loads wherever trajtok
 is installed. `predict` takes uint8 clips (B, T, H, W, 3) as the loader gives them and returns video
 embeddings (trajvit2, vit3d) or each clip's hard trajectory ids (segmenter); `unwrap_python_model().model`
@@ -29,7 +29,7 @@ from mlflow.types import Schema, TensorSpec
 from safetensors import safe_open
 
 from trajtok.data.normalise import normalise_frames
-from trajtok.train.checkpoint import load_exported
+from trajtok.models.weights import load_weights
 
 MODEL_NAME = "model"  # the logged model's name in its run: runs:/<run id>/model
 MODEL_CODE = str(Path(__file__).with_name("logged_model_code.py"))
@@ -43,7 +43,7 @@ class TrajTokModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper over an exported weights file; see the module docstring for what it predicts."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.model, self.metadata = load_exported(context.artifacts["weights"])
+        self.model, self.metadata = load_weights(context.artifacts["weights"])
         self.model.eval()
 
     def predict(

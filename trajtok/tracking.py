@@ -40,8 +40,8 @@ from mlflow.utils.time import get_current_time_millis
 
 from trajtok.config import JobConfig, TrackingConfig, flatten, save_config, to_dict
 from trajtok.errors import ConfigError
+from trajtok.rundir import PROVENANCE_FILE, RUN_ID_FILE, read_run_id, write_json, write_run_id
 
-RUN_ID_FILE = "mlflow_run_id"
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # Distributions whose versions decide whether a run can be reproduced.
 TRACKED_PACKAGES = (
@@ -210,7 +210,7 @@ def _open_run(cfg: JobConfig, run_dir: Path) -> Tracker:
     uri = tracking_uri(cfg.tracking)
     mlflow.set_tracking_uri(uri)
     id_file = run_dir / RUN_ID_FILE
-    run_id = id_file.read_text().strip() if id_file.is_file() else None
+    run_id = read_run_id(run_dir) or None
     system_metrics = cfg.tracking.system_metrics and importlib.util.find_spec("psutil") is not None
     if system_metrics:
         mlflow.set_system_metrics_sampling_interval(cfg.tracking.system_metrics_interval)
@@ -229,9 +229,7 @@ def _open_run(cfg: JobConfig, run_dir: Path) -> Tracker:
     tracker = Tracker(mlflow.MlflowClient(), run.info.run_id, experiment_id, top_level=True)
     if run_id is None:
         _describe_new_run(tracker, cfg, run_dir)
-        tmp = id_file.with_suffix(".tmp")
-        tmp.write_text(tracker.run_id + "\n")
-        tmp.replace(id_file)
+        write_run_id(run_dir, tracker.run_id)
     return tracker
 
 
@@ -246,10 +244,8 @@ def _describe_new_run(tracker: Tracker, cfg: JobConfig, run_dir: Path) -> None:
     for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
         batch_tags = tags if start == 0 else ()
         tracker.client.log_batch(tracker.run_id, params=params[start : start + 100], tags=batch_tags)
-    provenance_path = run_dir / "provenance.json"
-    provenance_path.write_text(json.dumps(info, indent=1))
     tracker.log_artifact(save_config(cfg, run_dir))
-    tracker.log_artifact(provenance_path)
+    tracker.log_artifact(write_json(run_dir / PROVENANCE_FILE, info))
 
 
 def start_tracker(cfg: JobConfig, rank: int, run_dir: str | Path | None = None) -> Tracker | NullTracker:

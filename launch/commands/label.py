@@ -10,12 +10,12 @@ trajectory keeps one colour.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from trajtok.config import ClipConfig, load_config
 from trajtok.errors import ConfigError
+from trajtok.rundir import write_json
 
 DEFAULT_SECONDS = 4.0  # a training clip's length: long enough to move, short enough to follow
 
@@ -111,8 +111,7 @@ def run(args: argparse.Namespace) -> int:
         "decode_seconds": round(decoded - started, 3),
         "label_seconds": round(labelled - decoded, 3),
     }
-    record_path = out / f"{stem}_labels.json"
-    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    record_path = write_json(out / f"{stem}_labels.json", record)
     png = write_png(out / f"{stem}_overlay.png", overlay_grid(frames, result.labels))
     gif = write_gif(out / f"{stem}_overlay.gif", overlay_frames(frames, result.labels), fps=args.fps)
     h, w = frames.shape[1:3]

@@ -27,7 +27,7 @@ class Target(NamedTuple):
 
 TARGETS: dict[str, Target] = {
     "smoke": Target(
-        "trajtok.distributed:smoke",
+        "launch.smoke:smoke",
         "cluster smoke test: all ranks all_reduce; rank 0 records the attempt in the run dir and MLflow",
     ),
     "train": Target(

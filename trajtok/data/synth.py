@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from trajtok.data import synth_blobs, synth_render, synth_scene
 from trajtok.data.encode import write_video
 from trajtok.data.labels import save_labels
 from trajtok.errors import ConfigError
+from trajtok.rundir import write_json, write_text
 
 GENERATOR_VERSION = 1  # bump when a change to the generator alters its output, so old sets are rewritten
 _MIN_VISIBLE = 0.6  # each object shows at least this share of its drawn pixels over the clip
@@ -140,7 +140,7 @@ def write_dataset(cfg: SynthConfig) -> Path:
     _write_jsonl(out / "scenes.jsonl", scenes)
     _remove_stale(out, {row["id"] for row in rows})
     stamp = {"digest": _digest(cfg), "generator_version": GENERATOR_VERSION, **dataclasses.asdict(cfg)}
-    (out / "synth.json").write_text(json.dumps(stamp, indent=2) + "\n")
+    write_json(out / "synth.json", stamp, indent=2)
     return manifest
 
 
@@ -159,9 +159,7 @@ def _clip_files(name: str) -> dict[str, str]:
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _remove_stale(out: Path, ids: set[str]) -> None:

@@ -28,7 +28,7 @@ from trajtok.models.output import ModelOutput
 from trajtok.models.registry import build_model
 from trajtok.models.sizes import MODEL_SIZES
 from trajtok.models.trajadapter import AttentivePool
-from trajtok.train.schedule import lr_at
+from trajtok.schedule import lr_at
 
 HEADS = ("linear", "attentive", "trajadapter")
 

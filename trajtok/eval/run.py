@@ -52,8 +52,9 @@ from trajtok.eval.retrieval import chance_recall_at_1, dual_softmax, retrieval_m
 from trajtok.eval.segmentation import SegmentationScores, evaluate_segmentation
 from trajtok.models.text import build_tokenizer
 from trajtok.models.trajectory_encoder import MAX_TOKENS_PER_TRAJECTORY
-from trajtok.tracking import RUN_ID_FILE, NullTracker, Tracker, start_tracker, tracking_uri
-from trajtok.train.checkpoint import WEIGHTS_FILE, load_exported
+from trajtok.models.weights import load_weights, weights_file
+from trajtok.rundir import read_run_id, write_json
+from trajtok.tracking import NullTracker, Tracker, start_tracker, tracking_uri
 
 log = logging.getLogger("trajtok.eval")
 
@@ -129,20 +130,14 @@ def resolve_checkpoint(ckpt: str) -> tuple[Path, str]:
     MLflow run id kept beside it ("" when there is none)."""
     if not ckpt:
         raise ConfigError("eval.ckpt: name exported weights (.safetensors) or a training run directory")
-    path = Path(ckpt)
-    weights = path / WEIGHTS_FILE if path.is_dir() else path
-    if not weights.is_file():
-        raise ConfigError(
-            f"eval.ckpt '{ckpt}': no weights there (a .safetensors file or a run dir with {WEIGHTS_FILE})"
-        )
-    id_file = weights.parent / RUN_ID_FILE
-    return weights, id_file.read_text().strip() if id_file.is_file() else ""
+    weights = weights_file(ckpt, "eval.ckpt")
+    return weights, read_run_id(weights.parent)
 
 
 def load_eval_model(ckpt: str, tokens_per_trajectory: int = 0) -> tuple[nn.Module, dict[str, str]]:
     """The exported model in eval mode, and its file's metadata (registry config, step)."""
     weights, _ = resolve_checkpoint(ckpt)
-    model, metadata = load_exported(weights)
+    model, metadata = load_weights(weights)
     if tokens_per_trajectory:
         if not 1 <= tokens_per_trajectory <= MAX_TOKENS_PER_TRAJECTORY:
             raise ConfigError(
@@ -352,13 +347,7 @@ def _protocol(cfg: JobConfig) -> dict[str, Any]:
 
 def write_results(cfg: JobConfig, record: dict[str, Any]) -> Path:
     """`<eval.out or run_dir>/eval_<task>.json`, replaced atomically."""
-    out = Path(cfg.eval.out or cfg.run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"eval_{record['task']}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    return write_json(Path(cfg.eval.out or cfg.run_dir) / f"eval_{record['task']}.json", record)
 
 
 def mlflow_metrics(record: dict[str, Any], prefix: str = "eval") -> dict[str, float]:

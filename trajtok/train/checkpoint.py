@@ -1,9 +1,9 @@
-"""Checkpoints: DeepSpeed state + our training state, the last k kept, resume, and weights for evaluation.
+"""Checkpoints: DeepSpeed state + our training state, the last k kept, resume, and the final weights.
 
 Layout under the run directory:
     checkpoints/step-00000050/   DeepSpeed files (model, ZeRO partitions), rng-rank<r>.pt per rank,
                                  and state.json, written last by rank 0: the checkpoint's completion marker
-    weights.safetensors          consolidated fp32 weights of the final model, with the config in metadata
+    weights.safetensors          consolidated fp32 weights of the final model (trajtok.models.weights)
 A checkpoint without state.json (a job killed while saving) is never resumed from and is removed by the
 next save. RNG states are per rank (DeepSpeed keeps client state only in rank 0's file), so a resumed run
 draws the same random numbers as an uninterrupted one.
@@ -23,14 +23,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-from safetensors import safe_open
-from safetensors.torch import save_file
-from torch import nn
 
 from trajtok.config import ClipConfig, ModelConfig
 from trajtok.errors import ConfigError
+from trajtok.models.weights import WEIGHTS_FILE, save_weights
+from trajtok.rundir import write_json
 
 if TYPE_CHECKING:
     import deepspeed
@@ -39,7 +36,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
-WEIGHTS_FILE = "weights.safetensors"
 
 
 @dataclass
@@ -96,9 +92,7 @@ def save_checkpoint(
     torch.save(_rng_state(), target / f"rng-rank{engine.global_rank}.pt")
     torch.distributed.barrier()
     if engine.global_rank == 0:
-        tmp = target / f"{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(asdict(state), indent=1))
-        tmp.rename(target / STATE_FILE)
+        write_json(target / STATE_FILE, asdict(state))
         _retain(root, keep, target)
     torch.distributed.barrier()
     return target
@@ -185,46 +179,7 @@ def consolidated_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def export_weights(
     checkpoint: Path, out: str | Path, model_cfg: ModelConfig, clip_cfg: ClipConfig, step: int
 ) -> Path:
-    """Write a checkpoint's consolidated weights as safetensors, with what `load_exported` needs to rebuild
-    the model (registry name and configs) in the metadata."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {
-        "model": json.dumps(asdict(model_cfg)),
-        "clip": json.dumps(asdict(clip_cfg)),
-        "step": str(step),
-        "source": str(checkpoint),
-    }
-    from trajtok.models.registry import build_model
-
-    with torch.device("meta"):  # shapes only: the engine stores 0-dim parameters as 1-element vectors
-        shapes = {name: p.shape for name, p in build_model(model_cfg, clip_cfg).state_dict().items()}
-    weights = {name: t.reshape(shapes[name]) for name, t in consolidated_state_dict(checkpoint).items()}
-    tmp = out.with_name(out.name + ".tmp")
-    save_file(weights, str(tmp), metadata=metadata)
-    tmp.rename(out)
-    return out
-
-
-def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, str]]:
-    """The model of an exported weights file, built through the registry, and the file's metadata."""
-    from safetensors.torch import load_file
-
-    from trajtok.models.registry import build_model
-
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata()
-    model = build_model(
-        _schema(ModelConfig, metadata, "model", path), _schema(ClipConfig, metadata, "clip", path)
-    )
-    model.load_state_dict(load_file(str(path)))
-    return model, metadata
-
-
-def _schema(schema: type, metadata: dict[str, str], key: str, path: str | Path):
-    """A config group from the file's metadata, checked against this version's schema."""
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), json.loads(metadata[key]))
-        return OmegaConf.to_object(merged)
-    except (KeyError, ValueError, OmegaConfBaseException) as err:
-        raise ConfigError(f"{path}: metadata '{key}' does not fit this version's config: {err}") from None
+    """Write a checkpoint's consolidated weights as the model library's weights file, with its step and
+    source checkpoint in the metadata."""
+    weights = consolidated_state_dict(checkpoint)
+    return save_weights(weights, out, model_cfg, clip_cfg, step=str(step), source=str(checkpoint))

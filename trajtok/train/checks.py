@@ -16,8 +16,8 @@ from trajtok.config import JobConfig
 from trajtok.data.shard_urls import expand_shards
 from trajtok.errors import ConfigError
 from trajtok.models.registry import build_model
+from trajtok.models.weights import weights_file
 from trajtok.train.engine import check_train_config
-from trajtok.train.warm_start import weights_file
 
 TRAINABLE = ("trajvit2", "vit3d", "segmenter")  # trajadapter probes frozen features: evaluation's job
 
@@ -29,7 +29,7 @@ def check_job(cfg: JobConfig, on_gpu: bool | None = None) -> None:
     if not expand_shards(cfg.data.shards):
         raise ConfigError(f"data.shards '{cfg.data.shards}': names no shard")
     if cfg.model.init:
-        weights_file(cfg.model.init)
+        weights_file(cfg.model.init, "model.init")
     check_train_config(cfg.train, on_gpu=torch.cuda.is_available() if on_gpu is None else on_gpu)
     check_validation(cfg)
 

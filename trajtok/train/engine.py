@@ -3,7 +3,7 @@
 The optimizer is plain `torch.optim.AdamW` built here and handed to DeepSpeed: it needs no JIT-compiled
 C++ op (DeepSpeed's CPUAdam/FusedAdam take ~35 s each to build on first use), runs on CPU and GPU alike
 (fused kernels on CUDA), and ZeRO partitions its state the same way. The learning rate is set by the loop
-each step (`trajtok.train.schedule`), so DeepSpeed gets no scheduler.
+each step (`trajtok.schedule`), so DeepSpeed gets no scheduler.
 """
 
 from __future__ import annotations

@@ -24,9 +24,11 @@ from trajtok.losses import EarlyMatching, total_loss
 from trajtok.models.registry import build_model
 from trajtok.models.segmenter import VideoSegmenter
 from trajtok.models.text import build_tokenizer
-from trajtok.tracking import RUN_ID_FILE, start_tracker
+from trajtok.models.weights import WEIGHTS_FILE
+from trajtok.rundir import RUN_ID_FILE
+from trajtok.schedule import lr_at
+from trajtok.tracking import start_tracker
 from trajtok.train.checkpoint import (
-    WEIGHTS_FILE,
     TrainState,
     export_weights,
     load_checkpoint,
@@ -37,7 +39,6 @@ from trajtok.train.checkpoint import (
 from trajtok.train.checks import check_job
 from trajtok.train.engine import build_engine, compute_dtype, set_lr
 from trajtok.train.metrics import TrainMeter, format_line
-from trajtok.train.schedule import lr_at
 from trajtok.train.validation import HeldOut
 from trajtok.train.warm_start import warm_start
 

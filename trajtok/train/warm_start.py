@@ -11,13 +11,12 @@ Resuming (`train.resume`) is a different thing: it continues one run, optimizer 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from trajtok.errors import ConfigError
-from trajtok.train.checkpoint import WEIGHTS_FILE, load_exported
+from trajtok.models.weights import load_weights, weights_file
 
 
 @dataclass(frozen=True)
@@ -38,22 +37,10 @@ class WarmStart:
         )
 
 
-def weights_file(init: str) -> Path:
-    """The file `model.init` names: a .safetensors file, or a run directory holding weights.safetensors."""
-    path = Path(init)
-    weights = path / WEIGHTS_FILE if path.is_dir() else path
-    if not weights.is_file():
-        raise ConfigError(
-            f"model.init '{init}': no weights there (a .safetensors file or a finished run directory "
-            f"with {WEIGHTS_FILE})"
-        )
-    return weights
-
-
 def warm_start(model: nn.Module, init: str) -> WarmStart:
     """Copy the weights of every part `model` shares (by name) with the run `init` names, in place."""
-    weights = weights_file(init)
-    source, metadata = load_exported(weights)
+    weights = weights_file(init, "model.init")
+    source, metadata = load_weights(weights)
     source_parts, target_parts = source.parts(), model.parts()
     shared = [name for name in target_parts if name in source_parts]
     if not shared:
