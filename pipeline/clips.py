@@ -24,13 +24,15 @@ from trajtok.config import ClipConfig
 from trajtok.data.labels import resize_frames, short_side_size
 from trajtok.data.sample import sample_key
 from trajtok.data.video import VideoInfo, open_video
-from trajtok.errors import VideoDecodeError
+from trajtok.errors import VideoDecodeError, VideoMissing
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 class TooShort(VideoDecodeError):
     """The row's window cannot hold one clip of the configured length and frame count."""
+
+    kind = "too short"
 
 
 @dataclass
@@ -101,7 +103,7 @@ def _image_clip(path: str, cfg: ClipConfig) -> Clip:
         with fsspec.open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise VideoDecodeError(f"{path}: no such file") from None
+        raise VideoMissing(f"{path}: no such file") from None
     except (OSError, ImportError, ValueError) as err:
         raise VideoDecodeError(f"{path}: cannot fetch ({err})") from None
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None

@@ -24,7 +24,7 @@ import torch
 from webdataset import TarWriter
 
 from pipeline.accounting import FAILED, SKIPPED, WRITTEN, RowOutcome, ShardStats
-from pipeline.clips import Clip, TooShort, read_clips
+from pipeline.clips import Clip, read_clips
 from pipeline.dispatch import WorkerStatus
 from pipeline.outputs import STATS_SUFFIX, TAR_SUFFIX, OutputDir
 from pipeline.plan import ShardPlan
@@ -32,7 +32,7 @@ from pseudolabel.base import Labeler, labeler_from_config
 from trajtok.config import JobConfig
 from trajtok.data.manifest import ManifestRow
 from trajtok.data.sample import build_sample
-from trajtok.errors import TrajTokError
+from trajtok.errors import TrajTokError, VideoDecodeError
 
 TAR_MTIME = 0.0  # fixed member times: a shard's bytes depend on its samples only
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -162,18 +162,7 @@ def _extra(row: ManifestRow) -> dict[str, Any]:
 
 def skip_reason(err: TrajTokError) -> str:
     """'<kind>: <message>' where kind is what the summary counts (missing file, too short, ...)."""
-    text = str(err)
-    if isinstance(err, TooShort):
-        kind = "too short"
-    elif "no such file" in text:
-        kind = "missing file"
-    elif "no video stream" in text:
-        kind = "no video stream"
-    elif "timed out" in text:
-        kind = "decode timeout"
-    else:
-        kind = "undecodable"
-    return f"{kind}: {text}"
+    return f"{getattr(err, 'kind', VideoDecodeError.kind)}: {err}"
 
 
 def start_worker(ctx: ShardContext, num_gpus: float) -> Any:

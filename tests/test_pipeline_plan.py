@@ -20,7 +20,7 @@ from pipeline.worker import skip_reason
 from trajtok.config import ClipConfig, load_config
 from trajtok.data.encode import write_video
 from trajtok.data.manifest import read_manifest
-from trajtok.errors import ConfigError, VideoDecodeError
+from trajtok.errors import ConfigError, DecodeTimeout, NoVideoStream, VideoDecodeError
 
 
 def _manifest(tmp_path: Path, n: int) -> Path:
@@ -90,8 +90,10 @@ def test_skip_reasons_are_categorised(tmp_path: Path):
         list(read_clips(str(missing), None, None, ClipConfig(), timeout=30))
     assert skip_reason(err.value).startswith("missing file: ")
     assert skip_reason(TooShort("x: 1 s long")).startswith("too short: ")
-    assert skip_reason(VideoDecodeError("x: decode timed out after 2s")).startswith("decode timeout: ")
-    assert skip_reason(VideoDecodeError("x: no video stream (holds: audio)")).startswith("no video stream: ")
+    assert skip_reason(DecodeTimeout("x: decode timed out after 2s")).startswith("decode timeout: ")
+    assert skip_reason(NoVideoStream("x: no video stream (holds: audio)")).startswith("no video stream: ")
+    # the kind is the error's type, never its wording (audio-only and hanging files: tests/test_pipeline.py)
+    assert skip_reason(VideoDecodeError("x: no such file in the index")).startswith("undecodable: ")
 
 
 def test_output_dir_refuses_names_that_leave_it(tmp_path: Path):

@@ -15,7 +15,29 @@ class ConfigError(TrajTokError):
 
 
 class VideoDecodeError(TrajTokError):
-    """A video cannot be decoded: empty, truncated, not a video, audio only, or a decode that hangs."""
+    """A video cannot be decoded: empty, truncated, not a video, audio only, or a decode that hangs.
+
+    `kind` is what a job's summary counts it as; each subclass is one kind, so nothing reads the message."""
+
+    kind = "undecodable"
+
+
+class VideoMissing(VideoDecodeError):
+    """The video is not where its row says."""
+
+    kind = "missing file"
+
+
+class NoVideoStream(VideoDecodeError):
+    """The file is a container without a video stream (audio only, subtitles)."""
+
+    kind = "no video stream"
+
+
+class DecodeTimeout(VideoDecodeError):
+    """A decoder call outlived its deadline (`DECODE_TIMEOUT`); the video is not read again."""
+
+    kind = "decode timeout"
 
 
 class ManifestError(TrajTokError):

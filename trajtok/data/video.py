@@ -62,7 +62,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from trajtok.config import DECODE_TIMEOUT
 from trajtok.data.labels import resize_frames
-from trajtok.errors import VideoDecodeError
+from trajtok.errors import DecodeTimeout, NoVideoStream, VideoDecodeError, VideoMissing
 
 VideoSource = str | os.PathLike | bytes
 Backend = Literal["auto", "decord", "pyav"]
@@ -107,11 +107,13 @@ class VideoInfo:
 
 
 class _Unreadable(Exception):
-    """A backend cannot serve this file; the message is the reason shown to the user."""
+    """A backend cannot serve this file; the message is the reason shown to the user, `error` the kind."""
+
+    error: type[VideoDecodeError] = VideoDecodeError
 
 
-class _DecodeTimeout(VideoDecodeError):
-    """A decoder call outlived its deadline; its thread still runs and owns the decoder."""
+class _NoVideoStream(_Unreadable):
+    error = NoVideoStream
 
 
 class _Untrusted(Exception):
@@ -477,7 +479,7 @@ def _open_container(path: str) -> av.container.InputContainer:
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["no streams"]
         container.close()
-        raise _Unreadable(f"no video stream (holds: {', '.join(kinds)})")
+        raise _NoVideoStream(f"no video stream (holds: {', '.join(kinds)})")
     container.streams.video[0].codec_context.thread_count = 1
     return container
 
@@ -575,12 +577,12 @@ class VideoReader:
         if self._backend is None:
             raise ValueError(f"{self.info.source}: the video is closed")
         if self._stuck:
-            raise VideoDecodeError(f"{self.info.source}: an earlier decode timed out; reopen the video")
+            raise DecodeTimeout(f"{self.info.source}: an earlier decode timed out; reopen the video")
         try:
             return _call_with_deadline(work, self.timeout, self.info.source)
         except _Unreadable as err:
-            raise VideoDecodeError(f"{self.info.source}: {err}") from None
-        except _DecodeTimeout:
+            raise err.error(f"{self.info.source}: {err}") from None
+        except DecodeTimeout:
             self._stuck = True  # the worker thread still owns the decoder: never touch it again
             raise
 
@@ -733,7 +735,7 @@ def _open_backend(path: str, backend: Backend, label: str) -> _Decoder:
             return alone
         return _PyAVBackend(path)
     except _Unreadable as err:
-        raise VideoDecodeError(f"{label}: {err}") from None
+        raise err.error(f"{label}: {err}") from None
 
 
 def _call_with_deadline(work: Callable[[], _T], timeout: float | None, label: str) -> _T:
@@ -753,7 +755,7 @@ def _call_with_deadline(work: Callable[[], _T], timeout: float | None, label: st
     worker.join(timeout)
     if worker.is_alive():
         _abandoned[:] = [thread for thread in _abandoned if thread.is_alive()] + [worker]
-        raise _DecodeTimeout(f"{label}: decode timed out after {timeout:g}s")
+        raise DecodeTimeout(f"{label}: decode timed out after {timeout:g}s")
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
@@ -800,7 +802,7 @@ def _local_path(source: VideoSource) -> str | None:
 def _existing_file(path: str, label: str) -> str:
     """The path, if something readable could be there (a file, a pipe, a device), else a user error."""
     if not os.path.exists(path):
-        raise VideoDecodeError(f"{label}: no such file")
+        raise VideoMissing(f"{label}: no such file")
     if os.path.isdir(path):
         raise VideoDecodeError(f"{label}: is a directory, not a video file")
     return path
@@ -824,7 +826,7 @@ def _copy_to(source: VideoSource, path: str) -> str:
             while chunk := remote.read(1 << 22):
                 local.write(chunk)
     except FileNotFoundError:
-        raise VideoDecodeError(f"{uri}: no such file") from None
+        raise VideoMissing(f"{uri}: no such file") from None
     except (OSError, ImportError, ValueError) as err:
         raise VideoDecodeError(f"{uri}: cannot fetch ({err})") from None
     return path
