@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, run_record, script_main, write_json  # noqa: E402
+from common import REPO_ROOT, report, run_record, script_main  # noqa: E402
 
 from launch.demo import (  # noqa: E402
     data_sets,
@@ -155,10 +155,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, command: list[str]) -> int:
-    result = run(args, command)
-    print(markdown(result))
-    write_json(result, args.json)
-    return 0
+    return report(run(args, command), markdown, args.json)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loader import clip_parts, clips_per_second, loader_config  # noqa: E402
-from common import REPO_ROOT, run_record, script_main, write_json  # noqa: E402
+from common import REPO_ROOT, report, run_record, script_main  # noqa: E402
 
 from trajtok.data.sample import build_sample  # noqa: E402
 from trajtok.data.video import load_clip, open_video  # noqa: E402
@@ -220,10 +220,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, command: list[str]) -> int:
-    result = run(args, command)
-    print(markdown(result))
-    write_json(result, args.json)
-    return 0
+    return report(run(args, command), markdown, args.json)
 
 
 if __name__ == "__main__":

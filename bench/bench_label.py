@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, run_record, script_main, write_json  # noqa: E402
+from common import REPO_ROOT, report, run_record, script_main  # noqa: E402
 
 from pseudolabel.base import Labeler, build_labeler  # noqa: E402
 from pseudolabel.classical import FLOWS, SUPERPIXELS  # noqa: E402
@@ -338,10 +338,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, command: list[str]) -> int:
-    result = run(args, command)
-    print(markdown(result))
-    write_json(result, args.json)
-    return 0
+    return report(run(args, command), markdown, args.json)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import run_record, script_main, write_json  # noqa: E402
+from common import report, run_record, script_main  # noqa: E402
 
 from trajtok.config import load_config  # noqa: E402
 from trajtok.data.augment import center_clip  # noqa: E402
@@ -115,10 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, command: list[str]) -> int:
-    result = run(args, command)
-    print(markdown(result))
-    write_json(result, args.json)
-    return 0
+    return report(run(args, command), markdown, args.json)
 
 
 if __name__ == "__main__":

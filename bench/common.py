@@ -82,6 +82,13 @@ def write_json(result: dict, path: Path | None) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n")
 
 
+def report(result: dict, markdown: Callable[[dict], str], path: Path | None) -> int:
+    """Print a result as the table BENCHMARKS.md quotes and write it where `--json` asked; the exit status."""
+    print(markdown(result))
+    write_json(result, path)
+    return 0
+
+
 def script_main(
     doc: str,
     add_arguments: Callable[[argparse.ArgumentParser], None],

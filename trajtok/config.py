@@ -26,6 +26,7 @@ except ImportError:  # omegaconf 2.3
     from omegaconf._utils import get_yaml_loader
 
 from trajtok.errors import ConfigError
+from trajtok.rundir import CONFIG_FILE, write_text
 
 MODEL_NAMES = ("trajvit2", "vit3d", "segmenter", "trajadapter")  # the registry's, for --help without torch
 DECODE_TIMEOUT = 60.0  # seconds before a hanging decode is abandoned (`pipeline.decode_timeout`, readers)
@@ -366,6 +367,4 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def save_config(cfg: JobConfig, run_dir: str | Path) -> Path:
     """Write the resolved config beside the run, so every run can be reproduced from its directory."""
-    from trajtok.rundir import CONFIG_FILE, write_text
-
     return write_text(Path(run_dir) / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.structured(cfg)))

@@ -59,4 +59,5 @@ def read_run_id(run_dir: str | Path) -> str:
 
 
 def write_run_id(run_dir: str | Path, run_id: str) -> Path:
+    """Keep the MLflow run id in `run_dir`, so a rerun of the same directory resumes that run."""
     return write_text(Path(run_dir) / RUN_ID_FILE, run_id + "\n")

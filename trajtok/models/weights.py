@@ -18,6 +18,7 @@ from torch import nn
 
 from trajtok.config import ClipConfig, ModelConfig
 from trajtok.errors import ConfigError
+from trajtok.rundir import atomic_path
 
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -46,7 +47,6 @@ def save_weights(
     from safetensors.torch import save_file
 
     from trajtok.models.registry import build_model
-    from trajtok.rundir import atomic_path
 
     with torch.device("meta"):  # shapes only: DeepSpeed stores 0-dim parameters as 1-element vectors
         shapes = {name: p.shape for name, p in build_model(model_cfg, clip_cfg).state_dict().items()}
