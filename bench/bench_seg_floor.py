@@ -37,7 +37,7 @@ from trajtok.errors import ConfigError  # noqa: E402
 from trajtok.eval.evalset import GT_COLUMN  # noqa: E402
 from trajtok.losses import segmentation_loss  # noqa: E402
 from trajtok.models.registry import build_model  # noqa: E402
-from trajtok.models.weights import WEIGHTS_FILE, load_weights  # noqa: E402
+from trajtok.models.weights import load_weights, weights_file  # noqa: E402
 from trajtok.rundir import CONFIG_FILE  # noqa: E402
 
 GROUND_TRUTH, UNTRAINED = "exact ground truth", "untrained"
@@ -46,7 +46,11 @@ CONFIDENT_LOGIT = 30.0  # a hard prediction as logits: softmax puts all but e^-3
 
 def clips(shards: str, manifest: Path, size: int, limit: int):
     """(frames (1, T, 3, S, S) uint8, pseudo-labels (1, T, g, g), ground truth (1, T, g, g)) per clip."""
-    truth = {row.path: row.resolve(row.extra[GT_COLUMN]) for row in read_manifest(manifest).rows}
+    rows = read_manifest(manifest).rows
+    unscored = next((row for row in rows if GT_COLUMN not in row.extra), None)
+    if unscored is not None:
+        raise ConfigError(f"{manifest}:{unscored.line}: no '{GT_COLUMN}' column; the floor needs the truth")
+    truth = {row.path: row.resolve(row.extra[GT_COLUMN]) for row in rows}
     count = 0
     for url in expand_shards(shards):
         for raw in read_shard(url, lambda where, why: print(f"{where}: {why}", file=sys.stderr)):
@@ -69,7 +73,7 @@ def run(args: argparse.Namespace, command: list[str]) -> dict:
     cfg = load_config(args.runs[0] / CONFIG_FILE)
     torch.manual_seed(cfg.seed)
     models = {UNTRAINED: build_model(cfg.model, cfg.clip)}
-    models |= {run.name: load_weights(run / WEIGHTS_FILE)[0] for run in args.runs}
+    models |= {run.name: load_weights(weights_file(str(run), "run"))[0] for run in args.runs}
     losses: dict[str, list[tuple[float, float]]] = {name: [] for name in [GROUND_TRUTH, *models]}
     for frames, labels, gt in clips(cfg.data.shards, args.manifest, cfg.clip.size, args.clips):
         with torch.no_grad():
