@@ -24,9 +24,9 @@ def test_vit3d_uses_ten_times_the_tokens_of_trajvit2_at_16_frames_224px(capsys) 
     for part in ("transformer", "clip_heads", "text_tower"):
         assert traj["parameters"][part] == vit["parameters"][part]
     assert traj["parameters"]["total"] == sum(v for k, v in traj["parameters"].items() if k != "total")
-    # ViT-B over 1,569 tokens: 12 layers x (24 W^2 L + 4 W L^2) FLOPs, about 0.36 TFLOPs
-    width, length = 768, 1569
-    expected = 12 * (24 * width**2 * length + 4 * width * length**2) / 1e9
+    # paper size is ViT-L over 1,569 tokens: 24 layers x (24 W^2 L + 4 W L^2) FLOPs, about 1.2 TFLOPs
+    width, length = 1024, 1569
+    expected = 24 * (24 * width**2 * length + 4 * width * length**2) / 1e9
     assert vit["gflops"]["video"] == pytest.approx(expected, rel=0.05)
     assert traj["gflops"]["video"] > 0 and traj["gflops"]["text"] > 0
 

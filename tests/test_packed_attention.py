@@ -10,6 +10,9 @@ from trajtok.models.attention import multi_head_attention
 from trajtok.models.info import flop_counter
 from trajtok.models.packing import TrajectoryGroups
 from trajtok.models.registry import build_model
+from trajtok.models.sequence_packing import Packing
+from trajtok.models.sizes import TransformerSize
+from trajtok.models.transformer import Transformer
 
 torch.set_num_threads(1)
 PX = 32
@@ -94,3 +97,41 @@ def test_packed_encoder_does_a_fraction_of_the_attention_work() -> None:
             model.tokenizer.encoder(features, segmentation)
         flops[packed] = counter.get_total_flops()
     assert flops[True] < 0.5 * flops[False]
+
+
+def test_packed_transformer_equals_padded_outputs_and_gradients() -> None:
+    """Clips of different lengths (one with no valid token but CLS): valid states and every gradient agree,
+    and the packed run computes only the valid rows."""
+    torch.manual_seed(0)
+    size = TransformerSize(width=32, depth=2, heads=4)
+    padded, packed = Transformer(size), Transformer(size, packed=True)
+    packed.load_state_dict(padded.state_dict())
+    tokens = torch.randn(3, 12, 32)
+    mask = torch.zeros(3, 12, dtype=torch.bool)
+    mask[0, :12] = True
+    mask[1, [1, 4, 5, 9]] = True  # clip 0: every token; clip 1: four; clip 2: CLS alone
+    valid = torch.cat([torch.ones(3, 1, dtype=torch.bool), mask], dim=1)
+    results = []
+    for model in (padded, packed):
+        leaf = tokens.clone().requires_grad_()
+        with flop_counter() as counter:
+            states = model(leaf, mask)
+            (states[valid] * torch.linspace(-1, 1, 32)).sum().backward()
+        grads = {name: p.grad for name, p in model.named_parameters()}
+        results.append((states, leaf.grad, grads, counter.get_total_flops()))
+    (states_a, input_a, grads_a, flops_a), (states_b, input_b, grads_b, flops_b) = results
+    assert torch.allclose(states_a[valid], states_b[valid], atol=1e-5)
+    assert torch.equal(states_b[~valid], torch.zeros_like(states_b[~valid]))
+    assert torch.allclose(input_a, input_b, atol=1e-5)
+    for name, grad in grads_a.items():
+        assert torch.allclose(grad, grads_b[name], atol=1e-5, rtol=1e-4), name
+    assert flops_b < 0.6 * flops_a  # 18 of 39 rows valid; attention re-pads to the longest clip only
+
+
+def test_packing_round_trip_and_lengths() -> None:
+    mask = torch.tensor([[True, False, True], [False, False, False], [True, True, True]])
+    packing = Packing.from_mask(mask)
+    assert packing.cu_seqlens.tolist() == [0, 2, 2, 5] and packing.longest == 3
+    values = torch.arange(9.0).reshape(3, 3)
+    assert packing.pack(values).tolist() == [0.0, 2.0, 6.0, 7.0, 8.0]
+    assert torch.equal(packing.unpack(packing.pack(values)), values * mask)

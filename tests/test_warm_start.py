@@ -66,3 +66,18 @@ def test_mismatched_runs_are_one_line_config_errors(tmp_path: Path, source: dict
 def test_a_path_without_weights_is_named(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"model.init '.*nowhere': no weights there"):
         warm_start(_fresh(), str(tmp_path / "nowhere"))
+
+
+def test_a_segmenter_run_starts_a_shared_kv_trajvit2_without_its_own_projection(tmp_path: Path):
+    """With model.shared_kv the segmenter reads the encoder's keys and values: its own projection has
+    nowhere to go, is left out and said so; everything else of the segmenter loads as usual."""
+    run = write_weights(tmp_path / "seg", "segmenter")
+    saved = load_file(str(run / "weights.safetensors"))
+    model = _fresh(shared_kv=True)
+    started = warm_start(model, str(run))
+    projection = [key for key in saved if key.startswith("head.perceiver.reader.")]
+    assert projection and len(started.dropped) == len(projection)
+    after = model.state_dict()
+    loaded = [key for key in saved if key not in projection]
+    assert all(torch.equal(after[f"tokenizer.segmenter.{key}"], saved[key]) for key in loaded)
+    assert "not used (model.shared_kv)" in started.describe()

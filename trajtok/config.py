@@ -81,7 +81,15 @@ class ModelConfig:
     text_max_len: int = 64  # caption tokens (bytes for the default tokenizer)
     num_classes: int = 0  # trajadapter's classifier outputs
     adapter_feature_dim: int = 768  # C of the frozen feature map (B, T, h, w, C) trajadapter probes
-    packed: bool = True  # trajectory tokens read only their own pixels, by index (no dense mask)
+    # only what counts is computed: trajectory tokens read their own pixels by index (no dense mask), and
+    # only valid tokens enter the transformer, packed per batch (trajtok.models.sequence_packing)
+    packed: bool = True
+    # the segmenter's assignment heads: release (D -> 128 -> 64, scale 3.83 at init) | mlp (D -> D -> D, 10)
+    assignment_head: str = "release"
+    # cost switches (trajtok.models.context): the Perceivers read keys and values of features pooled 2x2;
+    # the segmenter reads the trajectory encoder's keys and values (its gradient still stops at the features)
+    pooled_read: bool = False
+    shared_kv: bool = False
     # the paper's ablations (true = the paper's model): the segmenter's queries read detached features;
     # trajectory tokens read only their trajectory's pixels (false: all pixels, biased by the soft mask)
     detach_features: bool = True

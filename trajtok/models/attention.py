@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trajtok.models.sequence_packing import Packing
+
 
 def expand_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     """Mask (B or 1, Lq or 1, Lk) -> the (B, 1, Lq, Lk) form SDPA broadcasts over heads.
@@ -60,9 +62,16 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        packing: Packing | None = None,
     ) -> torch.Tensor:
+        """`packing`: x is packed rows (S, D) of several sequences, each attending only within itself."""
         k, v = self.to_kv(x if context is None else context).chunk(2, dim=-1)
+        if packing is not None:
+            return self.proj(packing.attention(self.to_q(x), k, v, self.heads))
         return self.proj(multi_head_attention(self.to_q(x), k, v, self.heads, mask))
 
 

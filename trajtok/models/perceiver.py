@@ -3,7 +3,8 @@
 Both the segmenter (K queries over all pixels) and the trajectory encoder (n tokens per trajectory over its
 own pixels) are Perceivers; they differ only in their latents and masks. The context (up to 50k pixels per
 clip at paper scale) is normalised and projected to keys and values once per Perceiver and shared by its
-blocks, as in the original Perceiver: that projection is the costliest step. Keys carry rotary phases of
+blocks, as in the original Perceiver: that projection is the costliest step (`trajtok.models.context`
+makes it cheaper: pooled, or shared by the two Perceivers). Keys carry rotary phases of
 their (t, h, w) position, so a latent can prefer regions of space and time.
 """
 
@@ -13,8 +14,8 @@ import torch
 from torch import nn
 
 from trajtok.models.attention import Attention, GatedMlp, multi_head_attention
+from trajtok.models.context import ContextKV, ContextReader
 from trajtok.models.packing import TrajectoryGroups
-from trajtok.models.positions import Grid, RotaryEmbedding, apply_rotary
 
 
 class PerceiverBlock(nn.Module):
@@ -55,35 +56,39 @@ class PerceiverBlock(nn.Module):
 
 
 class Perceiver(nn.Module):
-    """`depth` Perceiver blocks and a final norm over latents (B, L, D) and a context (B, T*h*w, D)."""
+    """`depth` Perceiver blocks and a final norm: latents (B, L, D) read keys and values of a context.
 
-    def __init__(self, dim: int, depth: int, heads: int, rotary: str = "1d"):
+    `reader` (a `ContextReader`) projects the context once for all blocks; a Perceiver built with
+    `reads_context=False` has none and reads keys and values another module computed (`model.shared_kv`).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        rotary: str = "1d",
+        pooled: bool = False,
+        reads_context: bool = True,
+    ):
         super().__init__()
         if dim % heads:
             raise ValueError(f"width {dim} is not divisible by {heads} heads")
         self.heads = heads
-        self.rotary = RotaryEmbedding(dim // heads, rotary)
-        self.norm_context = nn.LayerNorm(dim)
-        self.to_kv = nn.Linear(dim, 2 * dim)
+        self.reader = ContextReader(dim, heads, rotary, pooled) if reads_context else None
         self.blocks = nn.ModuleList(PerceiverBlock(dim, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
 
     def forward(
         self,
         latents: torch.Tensor,
-        context: torch.Tensor,
-        grid: Grid,
+        context: ContextKV,
         cross_mask: torch.Tensor | None = None,
         self_mask: torch.Tensor | None = None,
         groups: TrajectoryGroups | None = None,
     ) -> torch.Tensor:
-        """Masks are boolean, True = may attend (cross may be a float bias): cross (B, L, T*h*w), self
-        (B or 1, L, L); or `groups`."""
-        batch, length, dim = context.shape
-        keys, values = self.to_kv(self.norm_context(context)).chunk(2, dim=-1)
-        cos, sin = self.rotary(grid, context.device)
-        keys = keys.reshape(batch, length, self.heads, dim // self.heads)
-        keys = apply_rotary(keys, cos[:, None], sin[:, None]).reshape(batch, length, dim)
+        """Masks are boolean, True = may attend (cross may be a float bias): cross (B, L, context length),
+        self (B or 1, L, L); or `groups`."""
         for block in self.blocks:
-            latents = block(latents, keys, values, cross_mask, self_mask, groups)
+            latents = block(latents, context.key_states, context.value_states, cross_mask, self_mask, groups)
         return self.norm(latents)

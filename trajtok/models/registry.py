@@ -35,7 +35,7 @@ from trajtok.config import ClipConfig, ModelConfig
 from trajtok.errors import ConfigError
 from trajtok.models.backbone import ConvNeXtBackbone
 from trajtok.models.clip_model import VideoTextModel
-from trajtok.models.segmenter import Segmenter, VideoSegmenter
+from trajtok.models.segmenter import ASSIGNMENT_HEADS, Segmenter, VideoSegmenter
 from trajtok.models.sizes import TRANSFORMER_SIZES, ModelSize, resolve_size
 from trajtok.models.text import build_text_tower, build_tokenizer
 from trajtok.models.tome import ToMeTransformer
@@ -50,7 +50,7 @@ def _size(cfg: ModelConfig) -> ModelSize:
     return resolve_size(cfg.size, cfg.num_queries, cfg.embed_dim, cfg.transformer)
 
 
-def _segmenter_head(cfg: ModelConfig, size: ModelSize) -> Segmenter:
+def _segmenter_head(cfg: ModelConfig, size: ModelSize, reads_context: bool = True) -> Segmenter:
     return Segmenter(
         size.feature_dim,
         size.num_queries,
@@ -58,16 +58,19 @@ def _segmenter_head(cfg: ModelConfig, size: ModelSize) -> Segmenter:
         size.perceiver_heads,
         cfg.rotary,
         detach=cfg.detach_features,
+        head=cfg.assignment_head,
+        pooled=cfg.pooled_read,
+        reads_context=reads_context,
     )
 
 
-def _video_segmenter(cfg: ModelConfig, size: ModelSize) -> VideoSegmenter:
+def _video_segmenter(cfg: ModelConfig, size: ModelSize, reads_context: bool = True) -> VideoSegmenter:
     backbone = ConvNeXtBackbone(size.stage_widths, size.stage_depths, size.feature_dim)
     if cfg.backbone_weights and backbone.stem[0].weight.device.type != "meta":  # shapes-only builds read none
         backbone.load_convnext_weights(cfg.backbone_weights)
     if cfg.channels_last:
         backbone.use_channels_last()
-    return VideoSegmenter(backbone, _segmenter_head(cfg, size))
+    return VideoSegmenter(backbone, _segmenter_head(cfg, size, reads_context))
 
 
 def _trajectory_encoder(cfg: ModelConfig, size: ModelSize) -> TrajectoryEncoder:
@@ -80,6 +83,7 @@ def _trajectory_encoder(cfg: ModelConfig, size: ModelSize) -> TrajectoryEncoder:
         eval_tokens_per_trajectory=cfg.eval_tokens_per_trajectory,
         packed=cfg.packed,
         hard_mask=cfg.hard_mask,
+        pooled=cfg.pooled_read,
     )
 
 
@@ -88,13 +92,14 @@ def _video_text_model(cfg: ModelConfig, size: ModelSize, tokenizer: nn.Module) -
         cfg.text_tokenizer, build_tokenizer(cfg.text_tokenizer), cfg.text_max_len, size.text
     )
     layers = TRANSFORMER_SIZES[size.transformer]
-    transformer = ToMeTransformer(layers, cfg.tome_r) if cfg.tome_r else Transformer(layers)
+    transformer = ToMeTransformer(layers, cfg.tome_r) if cfg.tome_r else Transformer(layers, cfg.packed)
     return VideoTextModel(tokenizer, transformer, text_tower, size.embed_dim)
 
 
 def _trajvit2(cfg: ModelConfig, size: ModelSize) -> nn.Module:
     width = TRANSFORMER_SIZES[size.transformer].width
-    tokenizer = TrajectoryTokenizer(_video_segmenter(cfg, size), _trajectory_encoder(cfg, size), width)
+    segmenter = _video_segmenter(cfg, size, reads_context=not cfg.shared_kv)
+    tokenizer = TrajectoryTokenizer(segmenter, _trajectory_encoder(cfg, size), width)
     return _video_text_model(cfg, size, tokenizer)
 
 
@@ -136,6 +141,12 @@ def _check(cfg: ModelConfig, clip_cfg: ClipConfig) -> None:
             f"model.tokens_per_trajectory {cfg.tokens_per_trajectory} / eval_tokens_per_trajectory "
             f"{cfg.eval_tokens_per_trajectory}: each must be in 1..{MAX_TOKENS_PER_TRAJECTORY}"
         )
+    if cfg.assignment_head not in ASSIGNMENT_HEADS:
+        raise ConfigError(
+            f"model.assignment_head '{cfg.assignment_head}': choose one of {', '.join(ASSIGNMENT_HEADS)}"
+        )
+    if cfg.shared_kv and cfg.name != "trajvit2":
+        raise ConfigError("model.shared_kv: only trajvit2 has two Perceivers to share keys and values")
     if cfg.rotary not in ("1d", "3d"):
         raise ConfigError(f"model.rotary '{cfg.rotary}': expected 1d or 3d")
     if cfg.tome_r < 0 or (cfg.tome_r and cfg.name != "vit3d"):

@@ -6,10 +6,17 @@ ablation, `model.detach_features=false` to undo it: the segmentation stays a gro
 sees, rather than the backbone bending to whatever grouping is easiest); the assignment itself compares
 per-pixel and per-query projections by cosine similarity, so the backbone still learns from both losses
 through the pixel projection.
+
+The assignment heads (`model.assignment_head`) are the release's by default: D -> 128 -> 64 with a ReLU,
+the cosine taken in 64 dimensions, the scale starting at softplus(log 16) + 1 = 3.83. Per pixel that is
+1/7 of the work of the D -> D -> D heads (`mlp`, scale 10 at init) it replaced; see docs/training.md for
+what each learns. The cosine and its scaling run in fp32 whatever the autocast: in bf16, two queries
+within 1/128 of each other tie at scale 10 and argmax falls back to index order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -18,11 +25,31 @@ from torch import nn
 
 from trajtok.models.attention import Mlp
 from trajtok.models.backbone import ConvNeXtBackbone
+from trajtok.models.context import ContextKV
 from trajtok.models.output import ModelOutput, TensorRecord
 from trajtok.models.perceiver import Perceiver
 from trajtok.models.positions import Grid, fourier_features
 
 MAX_LOGIT_SCALE = 20.0
+ASSIGNMENT_HEADS = ("release", "mlp")
+
+
+def assignment_head(kind: str, dim: int) -> tuple[nn.Module, nn.Module, float]:
+    """(pixel head, query head, initial logit scale) of an `ASSIGNMENT_HEADS` kind."""
+    if kind == "release":
+        return _release_head(dim), _release_head(dim), math.log1p(16.0) + 1
+    if kind == "mlp":
+        return Mlp(dim, dim), Mlp(dim, dim), 10.0
+    raise ValueError(f"assignment head '{kind}': choose one of {', '.join(ASSIGNMENT_HEADS)}")
+
+
+def _full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast off (the meta device, which shape-only builds use, has no autocast to turn off)."""
+    return contextlib.nullcontext() if device.type == "meta" else torch.autocast(device.type, enabled=False)
+
+
+def _release_head(dim: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(dim, 128), nn.ReLU(), nn.Linear(128, 64))
 
 
 class Segmentation(TensorRecord):
@@ -39,16 +66,23 @@ class Segmenter(nn.Module):
     """Dense features (B, T*h*w, D) -> `Segmentation` with K trajectories."""
 
     def __init__(
-        self, dim: int, num_queries: int, depth: int, heads: int, rotary: str = "1d", detach: bool = True
+        self,
+        dim: int,
+        num_queries: int,
+        depth: int,
+        heads: int,
+        rotary: str = "1d",
+        detach: bool = True,
+        head: str = "release",
+        pooled: bool = False,
+        reads_context: bool = True,
     ):
         super().__init__()
         self.detach = detach
         self.queries = nn.Parameter(fourier_features(num_queries, dim))
-        self.perceiver = Perceiver(dim, depth, heads, rotary)
-        self.pixel_head = Mlp(dim, dim)
-        self.query_head = Mlp(dim, dim)
-        # softplus(p) + 1 = 10 at init: confident enough to give crisp masks, soft enough to learn
-        self.scale_param = nn.Parameter(torch.tensor(math.log(math.expm1(9.0))))
+        self.perceiver = Perceiver(dim, depth, heads, rotary, pooled, reads_context)
+        self.pixel_head, self.query_head, initial_scale = assignment_head(head, dim)
+        self.scale_param = nn.Parameter(torch.tensor(math.log(math.expm1(initial_scale - 1))))
 
     @property
     def num_queries(self) -> int:
@@ -57,12 +91,17 @@ class Segmenter(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return (F.softplus(self.scale_param) + 1).clamp(max=MAX_LOGIT_SCALE)
 
-    def forward(self, features: torch.Tensor, grid: Grid) -> Segmentation:
+    def forward(self, features: torch.Tensor, grid: Grid, context: ContextKV | None = None) -> Segmentation:
+        """`context`: keys and values another module computed (shared K/V); else this one reads `features`."""
+        if context is None:
+            context = self.perceiver.reader(features.detach() if self.detach else features, grid)
         queries = self.queries.expand(features.shape[0], -1, -1)
-        queries = self.perceiver(queries, features.detach() if self.detach else features, grid)
-        pixels = F.normalize(self.pixel_head(features), dim=-1)
-        queries = F.normalize(self.query_head(queries), dim=-1)
-        logits = self.logit_scale() * pixels @ queries.transpose(1, 2)
+        queries = self.perceiver(queries, context)
+        pixels, queries = self.pixel_head(features), self.query_head(queries)
+        with _full_precision(features.device):
+            pixels = F.normalize(pixels.float(), dim=-1)
+            queries = F.normalize(queries.float(), dim=-1)
+            logits = self.logit_scale() * pixels @ queries.transpose(1, 2)
         hard = logits.argmax(dim=-1)
         present = torch.zeros(logits.shape[0], logits.shape[2], dtype=torch.bool, device=logits.device)
         present.scatter_(1, hard, True)

@@ -1,8 +1,10 @@
 """Named model sizes: one table, so `size=tiny` means the same network in every job.
 
-`tiny` exists for CPU tests; `paper` is the scale of the TrajTok paper (ConvNeXt-T stage widths, D = 512,
-K = 128). The transformer over the tokens has its own ViT-style names (tiny/S/B/L) so a size can be paired
-with a bigger or smaller transformer without new code.
+`tiny` exists for CPU tests; `paper` is the scale of the TrajTok paper: the tokenizer at ConvNeXt-T stage
+widths, D = 512, K = 128 (about 46M parameters, the paper's count) and a ViT-L transformer (1024 x 24, 16
+heads), for TrajViT2 and its ViT3D baseline alike. `base` pairs a slightly smaller tokenizer with a ViT-B.
+The transformer over the tokens has its own ViT-style names (tiny/S/B/L), so a size can be paired with a
+bigger or smaller transformer without new code (`model.transformer`).
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ MODEL_SIZES: dict[str, ModelSize] = {
         perceiver_heads=8,
         segmenter_depth=2,
         encoder_depth=2,
-        transformer="B",
+        transformer="L",
         text=TransformerSize(width=512, depth=12, heads=8),
         embed_dim=512,
     ),

@@ -15,9 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trajtok.models.context import ContextKV
 from trajtok.models.packing import TrajectoryGroups
 from trajtok.models.perceiver import Perceiver
-from trajtok.models.positions import fourier_features, sincos_3d
+from trajtok.models.positions import Grid, fourier_features, sincos_3d
 from trajtok.models.segmenter import Segmentation
 
 MAX_TOKENS_PER_TRAJECTORY = 4
@@ -40,6 +41,7 @@ class TrajectoryEncoder(nn.Module):
         eval_tokens_per_trajectory: int = 1,
         packed: bool = True,
         hard_mask: bool = True,
+        pooled: bool = False,
     ):
         super().__init__()
         self.hard_mask = hard_mask
@@ -50,7 +52,7 @@ class TrajectoryEncoder(nn.Module):
         self.eval_tokens_per_trajectory = eval_tokens_per_trajectory
         self.packed = packed
         self.sub_tokens = nn.Parameter(fourier_features(MAX_TOKENS_PER_TRAJECTORY, dim))
-        self.perceiver = Perceiver(dim, depth, heads, rotary)
+        self.perceiver = Perceiver(dim, depth, heads, rotary, pooled)
 
     def tokens_per_trajectory(self) -> int:
         """n for this forward: drawn per step in training (a model robust to every n), fixed at inference."""
@@ -59,31 +61,44 @@ class TrajectoryEncoder(nn.Module):
         choices = self.train_tokens_per_trajectory
         return choices[int(torch.randint(len(choices), ()))]
 
+    @staticmethod
+    def positioned(features: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """What the tokens read: the features plus fixed sin-cos positions.
+
+        Rotary keys only steer where a token looks; position added to the values is what lets a token
+        carry where and when its trajectory is.
+        """
+        return features + sincos_3d(grid, features.shape[-1], features.device).to(features.dtype)
+
     def forward(
-        self, features: torch.Tensor, segmentation: Segmentation
+        self, features: torch.Tensor, segmentation: Segmentation, context: ContextKV | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`context`: keys and values of `positioned(features)` another module computed (shared K/V)."""
         n = self.tokens_per_trajectory()
         batch, _, dim = features.shape
         num_trajectories = segmentation.soft.shape[-1]
-        # rotary keys only steer where a token looks; position added to the values is what lets a token
-        # carry where and when its trajectory is
-        context = features + sincos_3d(segmentation.grid, dim, features.device).to(features.dtype)
+        positioned = self.positioned(features, segmentation.grid)
+        if context is None:
+            context = self.perceiver.reader(positioned, segmentation.grid)
+        context = context.at(segmentation.grid)
 
         weights = segmentation.soft.transpose(1, 2)  # (B, K, N)
         mass = weights.sum(dim=-1, keepdim=True).clamp_min(1e-6)
-        means = (weights @ context) / mass  # (B, K, D)
-        tokens = (means[:, :, None, :] + self.sub_tokens[:n]).reshape(batch, num_trajectories * n, dim)
+        means = (weights @ positioned.to(weights.dtype)) / mass  # (B, K, D)
+        tokens = (means.to(features.dtype)[:, :, None, :] + self.sub_tokens[:n]).reshape(
+            batch, num_trajectories * n, dim
+        )
 
         if self.packed and self.hard_mask:
             groups = TrajectoryGroups(segmentation.hard, n)
-            tokens = self.perceiver(tokens, context, segmentation.grid, groups=groups)
+            tokens = self.perceiver(tokens, context, groups=groups)
         else:
             owner = torch.arange(num_trajectories, device=features.device).repeat_interleave(n)  # (K*n,)
             self_mask = (owner[:, None] == owner[None, :])[None]  # (1, K*n, K*n)
             if self.hard_mask:
                 cross_mask = segmentation.hard[:, None, :] == owner[None, :, None]  # (B, K*n, N)
             else:
-                log_soft = segmentation.soft.clamp_min(1e-6).log().to(context.dtype)  # (B, N, K)
+                log_soft = segmentation.soft.clamp_min(1e-6).log().to(context.key_states.dtype)  # (B, N, K)
                 cross_mask = log_soft.transpose(1, 2).repeat_interleave(n, dim=1)  # (B, K*n, N)
-            tokens = self.perceiver(tokens, context, segmentation.grid, cross_mask, self_mask)
+            tokens = self.perceiver(tokens, context, cross_mask, self_mask)
         return tokens, segmentation.present.repeat_interleave(n, dim=1)

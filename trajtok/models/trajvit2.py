@@ -2,6 +2,9 @@
 
 The token count follows the scene: K*n slots at most, and a trajectory that wins no pixel is masked out
 (shapes stay static, so nothing waits on the device to count).
+
+With `shared_kv` the segmenter's query Perceiver has no projection of its own: it reads the trajectory
+encoder's keys and values (`ContextReader.shared`), computed once, with the same detach as before.
 """
 
 from __future__ import annotations
@@ -19,13 +22,23 @@ class TrajectoryTokenizer(nn.Module):
 
     def __init__(self, segmenter: VideoSegmenter, encoder: TrajectoryEncoder, width: int):
         super().__init__()
+        self.shared_kv = segmenter.head.perceiver.reader is None
         self.segmenter = segmenter
         self.encoder = encoder
         self.project = nn.Linear(segmenter.backbone.feature_dim, width)
 
     def forward(self, frames: torch.Tensor) -> VideoTokens:
-        features, segmentation = self.segmenter.segment(frames)
-        tokens, mask = self.encoder(features, segmentation)
+        if not self.shared_kv:
+            features, segmentation = self.segmenter.segment(frames)
+            tokens, mask = self.encoder(features, segmentation)
+            return VideoTokens(self.project(tokens), mask, segmentation)
+        features, grid = self.segmenter.backbone(frames)
+        head = self.segmenter.head
+        read, segmenter_read = self.encoder.perceiver.reader.shared(
+            self.encoder.positioned(features, grid), grid, detach_second=head.detach
+        )
+        segmentation = head(features, grid, context=segmenter_read)
+        tokens, mask = self.encoder(features, segmentation, context=read)
         return VideoTokens(self.project(tokens), mask, segmentation)
 
     def parts(self) -> dict[str, nn.Module]:
