@@ -196,6 +196,7 @@ def test_no_hard_mask_ablation_reads_every_pixel_weighted_by_the_soft_mask() -> 
     def tokens(hard_mask: bool) -> torch.Tensor:
         torch.manual_seed(1)
         encoder = TrajectoryEncoder(32, depth=1, heads=2, eval_tokens_per_trajectory=2, hard_mask=hard_mask)
+
         def record(module, args, kwargs, out) -> None:
             reads[hard_mask] = args[2] if len(args) > 2 else None  # the cross mask, when one is passed
 

@@ -95,6 +95,12 @@ class ModelConfig:
     detach_features: bool = True
     hard_mask: bool = True
     tome_r: int = 0  # vit3d + token merging (ToMe): tokens merged per transformer block; 0 = off
+    # vit3d + run-length tokenization (RLT): drop tubelets whose mean absolute change from the previous one
+    # is below this (ImageNet-normalised units; 0.1 is about 6 grey levels); 0 = off
+    rlt_threshold: float = 0.0
+    # trajvit2 on long clips: segment in chunks of this many frames, one token set per chunk (the release's
+    # advice for T > 8); 0 = the whole clip at once
+    segment_chunk_frames: int = 0
     channels_last: bool = False  # NHWC convolutions in the backbone (faster with bf16 on GPUs)
     compile: bool = False  # torch.compile each model part (GPU; costs start-up time)
     init: str = ""  # warm start: a run dir or weights.safetensors whose matching parts load (train only)

@@ -56,8 +56,7 @@ class TrajTokModel(mlflow.pyfunc.PythonModel):
             if hasattr(self.model, "encode_video"):
                 return self.model.encode_video(frames).float().cpu().numpy()
             out = self.model(frames)
-            ids = out.seg_logits.argmax(dim=-1).view(len(frames), *out.seg_grid) + 1  # 0 = unlabeled
-            return ids.to(torch.int32).cpu().numpy()
+            return out.trajectory_ids(len(frames)).to(torch.int32).cpu().numpy()
 
 
 def signature(weights: Path) -> ModelSignature:

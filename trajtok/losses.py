@@ -90,6 +90,15 @@ def contrastive_loss(video: torch.Tensor, text: torch.Tensor, logit_scale: torch
     return (F.cross_entropy(video_to_text, targets) + F.cross_entropy(text_to_video, targets)) / 2
 
 
+def labels_per_row(labels: torch.Tensor, rows: int) -> torch.Tensor:
+    """Label maps (B, T, H, W) cut into `rows` = B * chunks clips of T / chunks frames, for a model that
+    segments in chunks (one segmentation row per chunk, in order); unchanged when rows == B."""
+    batch, time = labels.shape[:2]
+    if rows == batch:
+        return labels
+    return labels.reshape(rows, time * batch // rows, *labels.shape[2:])
+
+
 def labels_on_grid(labels: torch.Tensor, grid: Grid) -> torch.Tensor:
     """Label maps (B, T, H, W) of any integer dtype -> (B, T*h*w) long on the logit grid (nearest)."""
     if tuple(labels.shape[1:]) != tuple(grid):
@@ -171,7 +180,7 @@ class EarlyMatching:
         self._pending = None
         if done is not None:
             done.synchronize()
-        flat_labels = labels_on_grid(labels.cpu(), grid)
+        flat_labels = labels_on_grid(labels_per_row(labels.cpu(), host.shape[0]), grid)
         targets = match_trajectories(host, flat_labels, num_trajectories)
         if device.type == "cuda":
             targets = targets.pin_memory()
@@ -194,12 +203,14 @@ def segmentation_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(focal, dice) of logits (B, T*h*w, K) against label maps (B, T, H, W); means over labelled samples.
 
+    Logits of a model that segments in chunks have B * chunks rows (`labels_per_row`).
+
     `targets`: the matching already done (`EarlyMatching`); the labels are then not read again.
     """
     logits = seg_logits.float()
     target = targets
     if target is None:
-        flat_labels = labels_on_grid(labels.to(logits.device), grid)
+        flat_labels = labels_on_grid(labels_per_row(labels.to(logits.device), logits.shape[0]), grid)
         target = match_trajectories(logits.softmax(dim=-1), flat_labels, logits.shape[-1])
     valid = target != IGNORE  # (B, N)
     has_labels = valid.any(dim=1)

@@ -32,7 +32,7 @@ def prediction_picture(
         module.train(was_training)
     if out.seg_logits is None:
         return None
-    predicted = (out.seg_logits.argmax(dim=-1).view(len(frames), *out.seg_grid) + 1).cpu().numpy()
+    predicted = out.trajectory_ids(len(frames)).cpu().numpy()
     pictures = [
         comparison_picture(
             frames[i].permute(0, 2, 3, 1).numpy(),

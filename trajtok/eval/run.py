@@ -216,7 +216,7 @@ def run_segment(job: Evaluation, items: list[EvalItem]) -> dict[str, Any]:
 
     def scores(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = model(normalise_frames(batch["frames"], job.device))
-        ids = out.seg_logits.argmax(dim=-1).view(len(out.seg_logits), *out.seg_grid) + 1  # 0 = unlabeled
+        ids = out.trajectory_ids(len(batch["frames"]))
         pairs = zip(ids.cpu().numpy(), batch["labels"].numpy())
         return torch.tensor([astuple(evaluate_segmentation(p, g)) for p, g in pairs], dtype=torch.float64)
 

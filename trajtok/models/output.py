@@ -77,3 +77,16 @@ class ModelOutput(TensorRecord):
     token_mask: torch.Tensor | None = None  # (B, L) bool: the video tokens the transformer attends to
     num_tokens: torch.Tensor | None = None  # (B,) long: video tokens per clip (valid ones; CLS not counted)
     class_logits: torch.Tensor | None = None  # (B, classes) float: trajadapter's classifier
+
+    def trajectory_ids(self, clips: int) -> torch.Tensor:
+        """Hard trajectory ids (clips, T, h, w) long, 1..K (0 stays free for "unlabeled" in label maps).
+
+        A model that segments in chunks has one row of `seg_logits` per chunk: a chunk's K trajectories are
+        its own, so chunk j's ids are offset by j*K and no id spans two chunks.
+        """
+        logits = self.seg_logits
+        rows, _, queries = logits.shape
+        ids = logits.argmax(dim=-1).view(rows, *self.seg_grid) + 1
+        chunk = torch.arange(rows, device=ids.device) % (rows // clips)
+        ids = ids + (chunk * queries)[:, None, None, None]
+        return ids.view(clips, -1, *self.seg_grid[1:])

@@ -35,6 +35,7 @@ from trajtok.config import ClipConfig, ModelConfig
 from trajtok.errors import ConfigError
 from trajtok.models.backbone import ConvNeXtBackbone
 from trajtok.models.clip_model import VideoTextModel
+from trajtok.models.rlt import RunLengthTokenizer
 from trajtok.models.segmenter import ASSIGNMENT_HEADS, Segmenter, VideoSegmenter
 from trajtok.models.sizes import TRANSFORMER_SIZES, ModelSize, resolve_size
 from trajtok.models.text import build_text_tower, build_tokenizer
@@ -99,12 +100,17 @@ def _video_text_model(cfg: ModelConfig, size: ModelSize, tokenizer: nn.Module) -
 def _trajvit2(cfg: ModelConfig, size: ModelSize) -> nn.Module:
     width = TRANSFORMER_SIZES[size.transformer].width
     segmenter = _video_segmenter(cfg, size, reads_context=not cfg.shared_kv)
-    tokenizer = TrajectoryTokenizer(segmenter, _trajectory_encoder(cfg, size), width)
+    tokenizer = TrajectoryTokenizer(
+        segmenter, _trajectory_encoder(cfg, size), width, chunk_frames=cfg.segment_chunk_frames
+    )
     return _video_text_model(cfg, size, tokenizer)
 
 
 def _vit3d(cfg: ModelConfig, size: ModelSize) -> nn.Module:
-    return _video_text_model(cfg, size, TubeletTokenizer(TRANSFORMER_SIZES[size.transformer].width))
+    width = TRANSFORMER_SIZES[size.transformer].width
+    if cfg.rlt_threshold:
+        return _video_text_model(cfg, size, RunLengthTokenizer(width, cfg.rlt_threshold))
+    return _video_text_model(cfg, size, TubeletTokenizer(width))
 
 
 def _segmenter(cfg: ModelConfig, size: ModelSize) -> nn.Module:
@@ -151,6 +157,17 @@ def _check(cfg: ModelConfig, clip_cfg: ClipConfig) -> None:
         raise ConfigError(f"model.rotary '{cfg.rotary}': expected 1d or 3d")
     if cfg.tome_r < 0 or (cfg.tome_r and cfg.name != "vit3d"):
         raise ConfigError(f"model.tome_r {cfg.tome_r}: token merging is a vit3d option, with r >= 0")
+    if cfg.rlt_threshold < 0 or (cfg.rlt_threshold and (cfg.name != "vit3d" or cfg.tome_r)):
+        raise ConfigError(
+            f"model.rlt_threshold {cfg.rlt_threshold}: run-length tokenization is a vit3d option (not with "
+            "tome_r), with a threshold >= 0"
+        )
+    chunk = cfg.segment_chunk_frames
+    if chunk < 0 or (chunk and (cfg.name != "trajvit2" or clip_cfg.frames % chunk)):
+        raise ConfigError(
+            f"model.segment_chunk_frames {chunk}: a trajvit2 option that must divide clip.frames "
+            f"({clip_cfg.frames}); 0 = the whole clip"
+        )
     multiple = TUBELET[1] if cfg.name == "vit3d" else 4
     if cfg.name != "trajadapter" and clip_cfg.size % multiple:
         raise ConfigError(f"clip.size {clip_cfg.size}: {cfg.name} needs a multiple of {multiple}")
