@@ -13,29 +13,26 @@ torch.set_num_threads(1)
 
 
 def test_bench_model_through_the_cli(tmp_path, capsys) -> None:
-    out = tmp_path / "model.json"
-    args = "--size tiny --px 32 --frames 2 4 --steps 1 --rounds 1 --warmup 1 --threads 1"
-    assert (
-        main(
-            [
-                "bench",
-                "model",
-                *args.split(),
-                "--models",
-                "vit3d",
-                "trajvit2",
-                "vit3d+tome",
-                "--json",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    out, picture = tmp_path / "model.json", tmp_path / "model.png"
+    args = "--size tiny --px 32 --frames 2 4 --steps 1 --rounds 1 --warmup 1 --threads 1 --device cpu"
+    models = ["vit3d", "vit3d+tome", "vit3d+tome-tokens", "vit3d+rlt", "trajvit2", "trajvit2-n4"]
+    command = [
+        "bench",
+        "model",
+        *args.split(),
+        "--models",
+        *models,
+        "--json",
+        str(out),
+        "--plot",
+        str(picture),
+    ]
+    assert main(command) == 0
     result = json.loads(out.read_text())
     assert result["record"]["command"].startswith("trajtok bench model --size tiny")
     assert {"device", "date", "commit"} <= result["record"].keys()
     rows = {(row["model"], row["frames"]): row for row in result["rows"]}
-    assert set(rows) == {(m, t) for m in ("vit3d", "trajvit2", "vit3d+tome") for t in (2, 4)}
+    assert list(rows) == [(m, t) for t in (2, 4) for m in models]  # in the order asked for
     for (_, frames), row in rows.items():
         assert row["batch"] == 2 and row["train_clips_per_s"] > 0 and row["forward_clips_per_s"] > 0
         assert (
@@ -47,8 +44,17 @@ def test_bench_model_through_the_cli(tmp_path, capsys) -> None:
         )
     assert rows["vit3d", 4]["tokens_per_clip"] == 2 * 2 * 2  # 2x16x16 tubelets of 4 frames at 32 px
     assert rows["vit3d", 4]["vs_vit3d"] == {"train": 1.0, "forward": 1.0, "memory": 1.0}
-    assert rows["trajvit2", 4]["tokenizer_share"] > 0 and 1 <= rows["trajvit2", 4]["tokens_per_clip"] <= 64
+    assert rows["trajvit2", 4]["tokenizer_share"] > 0 and 1 <= rows["trajvit2", 4]["tokens_per_clip"] <= 16
+    assert rows["trajvit2-n4", 4]["tokens_per_clip"] * 2 % 4 == 0  # 4 tokens per trajectory, mean of 2 clips
+    assert 1 <= rows["vit3d+rlt", 4]["tokens_per_clip"] <= 8
+    # ToMe at equal FLOPs merges until its forward costs no more than trajvit2's (or merges all it can)
+    tome = rows["vit3d+tome", 4]
+    assert (
+        tome["forward_gflops_per_clip"] <= rows["trajvit2", 4]["forward_gflops_per_clip"]
+        or tome["tome_r"] == 8 // 2
+    )
     assert "| T | model | batch |" in capsys.readouterr().out
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_data_through_the_cli(tmp_path, capsys) -> None:
@@ -76,16 +82,30 @@ def test_bench_help_lists_the_benchmarks(capsys) -> None:
 
 def test_bench_model_flops_only_counts_parts_on_the_meta_device(tmp_path) -> None:
     out = tmp_path / "flops.json"
-    args = "--flops-only --size tiny --px 64 --frames 8 --models vit3d trajvit2 vit3d+tome"
+    models = (
+        "vit3d trajvit2 trajvit2-n4 trajvit2-chunk8 trajvit2-dense vit3d+tome vit3d+tome-tokens vit3d+rlt"
+    )
+    args = f"--flops-only --size tiny --px 64 --frames 8 16 --valid-trajectories 5 --models {models}"
     assert main(["bench", "model", *args.split(), "--json", str(out)]) == 0
-    rows = {row["model"]: row for row in json.loads(out.read_text())["flops_rows"]}
-    vit3d, traj, tome = rows["vit3d"], rows["trajvit2"], rows["vit3d+tome"]
-    assert vit3d["tokens_per_clip"] == 4 * 4 * 4 and traj["tokens_per_clip"] == 16  # K x n = 16 x 1
+    rows = {(row["model"], row["frames"]): row for row in json.loads(out.read_text())["flops_rows"]}
+    assert ("trajvit2-chunk8", 8) not in rows and ("trajvit2-chunk8", 16) in rows  # only past one chunk
+    vit3d, traj, dense = rows["vit3d", 16], rows["trajvit2", 16], rows["trajvit2-dense", 16]
+    assert vit3d["tokens_per_clip"] == 8 * 4 * 4
+    # the packed transformer runs the valid trajectories only (x n, x chunks); the dense one every slot
+    assert traj["tokens_per_clip"] == 5 and rows["trajvit2-n4", 16]["tokens_per_clip"] == 20
+    assert rows["trajvit2-chunk8", 16]["tokens_per_clip"] == 10 and dense["tokens_per_clip"] == 16
     parts = traj["forward_gflops"]
-    assert {"backbone", "segmenter", "trajectory encoder", "transformer"} <= parts.keys()
-    assert sum(v for k, v in parts.items() if k != "total") <= parts["total"]
-    assert tome["tome_r"] > 0 and tome["forward_gflops"]["total"] < vit3d["forward_gflops"]["total"]
+    assert {"backbone", "segmenter", "trajectory encoder", "transformer", "tokenizer"} <= parts.keys()
+    assert parts["backbone"] + parts["segmenter"] + parts["trajectory encoder"] == pytest.approx(
+        parts["tokenizer"]
+    )
+    assert parts["tokenizer"] + parts["transformer"] <= parts["total"]
+    assert dense["forward_gflops"]["transformer"] > parts["transformer"]
+    tome, budget = rows["vit3d+tome", 16], rows["vit3d+tome-tokens", 16]
+    assert tome["forward_gflops"]["total"] <= parts["total"]  # equal FLOPs: the least merging within them
+    assert budget["tome_r"] > 0 and budget["forward_gflops"]["total"] < vit3d["forward_gflops"]["total"]
     assert traj["vs_vit3d"] == pytest.approx(parts["total"] / vit3d["forward_gflops"]["total"])
+    assert 0 < rows["vit3d+rlt", 16]["tokens_per_clip"] <= vit3d["tokens_per_clip"]
 
 
 def test_bench_label_through_the_cli(tmp_path) -> None:
@@ -160,3 +180,25 @@ def test_bench_ablate_through_the_cli(tmp_path, capsys, monkeypatch) -> None:
     assert rows["exact ground truth"]["focal"] is None
     assert all(0 <= row["dice"] < 1 for row in rows.values())
     assert rows["untrained"]["dice fall %"] == 0
+
+
+def test_gpu_script_runs_the_harness_and_writes_one_json(tmp_path) -> None:
+    """bench/gpu.sh, the prepared GPU run, as a CPU smoke: its setup finds everything already importable,
+    each clip length runs under its own limit, and the parts are merged into one JSON and plot."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "FRAMES": "2 4"}
+    options = "--device cpu --size tiny --px 32 --precision fp32 --steps 1 --rounds 1 --threads 1"
+    args = [*options.split(), "--models", "vit3d", "trajvit2"]
+    done = subprocess.run(["bash", str(script), *args], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "installing" not in done.stdout  # nothing to install where the project is installed
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert [(row["model"], row["frames"]) for row in result["rows"]] == [
+        ("vit3d", 2), ("trajvit2", 2), ("vit3d", 4), ("trajvit2", 4)
+    ]  # fmt: skip
+    assert result["settings"]["frames"] == [2, 4] and (tmp_path / "gpu.png").stat().st_size > 0

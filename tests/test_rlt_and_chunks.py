@@ -40,6 +40,7 @@ def test_a_static_clip_keeps_one_token_per_position_and_a_moving_one_keeps_all()
     nudged[:, 4:, :, :16, :16] += 0.5
     assert int(model.tokenizer(nudged).mask.sum()) == positions + 1
     assert tubelet_changes(still)[0, 0].isinf().all()  # the first tubelet is always new
+    assert tubelet_changes(still[:, :2]).shape == (1, 1, 2, 2)  # one tubelet in time: just the first
 
 
 def test_rlt_vit3d_trains_and_its_packed_transformer_equals_the_padded_one() -> None:

@@ -28,7 +28,7 @@ def tubelet_changes(frames: torch.Tensor) -> torch.Tensor:
     tubelets = frames.reshape(batch, time // pt, pt, channels, height // ph, ph, width // pw, pw)
     tubelets = tubelets.permute(0, 1, 4, 6, 2, 3, 5, 7).flatten(4).float()  # (B, t, h, w, pixels)
     change = (tubelets[:, 1:] - tubelets[:, :-1]).abs().mean(dim=-1)
-    first = torch.full_like(change[:, :1], float("inf"))
+    first = torch.full((batch, 1, *change.shape[2:]), float("inf"), device=change.device)
     return torch.cat([first, change], dim=1)
 
 
