@@ -40,3 +40,20 @@ def test_table_and_overrides(capsys) -> None:
     assert adapter["input"] == "features 16x14x14x64"
     assert main(["model-info", "vit3d", "colour=red"]) == 2
     assert "unknown key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("groups", [1, 4, 16])
+def test_a_convolutions_backward_counts_twice_its_forward_whatever_its_groups(groups: int) -> None:
+    """torch's own count ignores groups in backward (16x too much for this depthwise conv)."""
+    import torch
+
+    from trajtok.models.info import flop_counter
+
+    conv = torch.nn.Conv2d(16, 16, 7, padding=3, groups=groups)
+    frames = torch.randn(2, 16, 12, 12, requires_grad=True)
+    with flop_counter() as counter:
+        conv(frames)
+    forward = counter.get_total_flops()
+    with flop_counter() as counter:
+        conv(frames).sum().backward()
+    assert counter.get_total_flops() == 3 * forward  # forward, input gradient, weight gradient

@@ -10,7 +10,12 @@ import dataclasses
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    conv_flop_count,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 from trajtok.config import ClipConfig, ModelConfig
 from trajtok.models.clip_model import VideoTextModel
@@ -27,14 +32,28 @@ def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, *args, **kwargs) -> int:
+    """Each gradient (input, weight) of a convolution costs what its forward does.
+
+    torch's own count ignores groups in backward: for the backbone's depthwise 7x7 convolutions it counts
+    channels + 1 times the real work (49x at 48 channels), which made TrajViT2's training FLOPs look larger
+    than its forward and backward are.
+    """
+    transposed, output_mask = args[4], args[7]  # after bias sizes, stride, padding, dilation; groups at 6
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed=transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
 def flop_counter() -> FlopCounterMode:
-    """torch's FlopCounterMode, also counting the CPU attention kernel (torch counts the CUDA ones only)."""
+    """torch's FlopCounterMode, also counting the CPU attention kernel (torch counts the CUDA ones only) and
+    grouped convolutions' backward right."""
     aten = torch.ops.aten
     return FlopCounterMode(
         display=False,
         custom_mapping={
             aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
             aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+            aten.convolution_backward: _conv_backward_flops,
         },
     )
 
