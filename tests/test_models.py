@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -328,3 +330,26 @@ def test_backbone_loads_local_convnext_weights(tmp_path, layout: str) -> None:
         ConvNeXtBackbone((24, 48, 96, 192), (1, 1, 1, 1), 32).load_convnext_weights(path)
     with pytest.raises(ConfigError, match="weights missing"):
         ConvNeXtBackbone((16, 32, 64, 128), (2, 1, 1, 1), 32).load_convnext_weights(path)
+
+
+def test_assignment_heads_and_their_initial_scale() -> None:
+    """The release's heads (D -> 128 -> 64, scale 3.83) by default; the D -> D -> D ones (scale 10) on
+    request; the scale at init settable for either, within what the clamp allows."""
+    release = build_model(ModelConfig(name="segmenter"), ClipConfig()).head
+    assert [m.out_features for m in release.pixel_head if isinstance(m, torch.nn.Linear)] == [128, 64]
+    assert float(release.logit_scale()) == pytest.approx(1 + math.log(17.0))
+    mlp = build_model(ModelConfig(name="segmenter", assignment_head="mlp"), ClipConfig()).head
+    assert mlp.pixel_head.fc2.out_features == 32 and float(mlp.logit_scale()) == pytest.approx(10.0)
+    scaled = build_model(ModelConfig(name="segmenter", logit_scale_init=10.0), ClipConfig()).head
+    assert float(scaled.logit_scale()) == pytest.approx(10.0)
+    for bad in (dict(logit_scale_init=25.0), dict(assignment_head="wide")):
+        with pytest.raises(ConfigError):
+            build_model(ModelConfig(name="segmenter", **bad), ClipConfig())
+
+
+def test_the_assignment_is_computed_in_fp32_under_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    head = Segmenter(32, num_queries=8, depth=1, heads=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        segmentation = head(torch.randn(1, 32, 32), (2, 4, 4))
+    assert segmentation.logits.dtype == torch.float32

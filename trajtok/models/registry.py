@@ -36,7 +36,7 @@ from trajtok.errors import ConfigError
 from trajtok.models.backbone import ConvNeXtBackbone
 from trajtok.models.clip_model import VideoTextModel
 from trajtok.models.rlt import RunLengthTokenizer
-from trajtok.models.segmenter import ASSIGNMENT_HEADS, Segmenter, VideoSegmenter
+from trajtok.models.segmenter import ASSIGNMENT_HEADS, MAX_LOGIT_SCALE, Segmenter, VideoSegmenter
 from trajtok.models.sizes import TRANSFORMER_SIZES, ModelSize, resolve_size
 from trajtok.models.text import build_text_tower, build_tokenizer
 from trajtok.models.tome import ToMeTransformer
@@ -62,6 +62,7 @@ def _segmenter_head(cfg: ModelConfig, size: ModelSize, reads_context: bool = Tru
         head=cfg.assignment_head,
         pooled=cfg.pooled_read,
         reads_context=reads_context,
+        initial_scale=cfg.logit_scale_init,
     )
 
 
@@ -151,6 +152,8 @@ def _check(cfg: ModelConfig, clip_cfg: ClipConfig) -> None:
         raise ConfigError(
             f"model.assignment_head '{cfg.assignment_head}': choose one of {', '.join(ASSIGNMENT_HEADS)}"
         )
+    if cfg.logit_scale_init and not 1 < cfg.logit_scale_init <= MAX_LOGIT_SCALE:
+        raise ConfigError(f"model.logit_scale_init {cfg.logit_scale_init}: in (1, {MAX_LOGIT_SCALE}], or 0")
     if cfg.shared_kv and cfg.name != "trajvit2":
         raise ConfigError("model.shared_kv: only trajvit2 has two Perceivers to share keys and values")
     if cfg.rotary not in ("1d", "3d"):

@@ -76,12 +76,16 @@ class Segmenter(nn.Module):
         head: str = "release",
         pooled: bool = False,
         reads_context: bool = True,
+        initial_scale: float = 0.0,
     ):
         super().__init__()
         self.detach = detach
         self.queries = nn.Parameter(fourier_features(num_queries, dim))
         self.perceiver = Perceiver(dim, depth, heads, rotary, pooled, reads_context)
-        self.pixel_head, self.query_head, initial_scale = assignment_head(head, dim)
+        self.pixel_head, self.query_head, head_scale = assignment_head(head, dim)
+        initial_scale = initial_scale or head_scale
+        if not 1 < initial_scale <= MAX_LOGIT_SCALE:
+            raise ValueError(f"the logit scale starts in (1, {MAX_LOGIT_SCALE}], got {initial_scale}")
         self.scale_param = nn.Parameter(torch.tensor(math.log(math.expm1(initial_scale - 1))))
 
     @property
