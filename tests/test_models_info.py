@@ -57,3 +57,16 @@ def test_a_convolutions_backward_counts_twice_its_forward_whatever_its_groups(gr
     with flop_counter() as counter:
         conv(frames).sum().backward()
     assert counter.get_total_flops() == 3 * forward  # forward, input gradient, weight gradient
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "base", "paper"])
+def test_every_size_builds_on_the_meta_device(capsys, size: str) -> None:
+    """model-info builds each size without memory or compute; paper is the paper's tokenizer + ViT-L."""
+    traj = info(capsys, "trajvit2", f"size={size}", "frames=8")
+    vit = info(capsys, "vit3d", f"size={size}", "frames=8")
+    assert traj["parameters"]["transformer"] == vit["parameters"]["transformer"] > 0
+    assert traj["gflops"]["video"] > 0 and vit["gflops"]["video"] > 0
+    if size == "paper":  # ViT-L: 24 x 12 W^2 weights at W = 1024, about 302M; the tokenizer about 45M
+        assert traj["parameters"]["transformer"] == pytest.approx(302e6, rel=0.01)
+        tokenizer = sum(traj["parameters"][p] for p in ("backbone", "segmenter", "trajectory_encoder"))
+        assert tokenizer == pytest.approx(46e6, rel=0.05)
