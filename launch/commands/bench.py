@@ -18,8 +18,8 @@ BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
 BENCHMARKS = {  # name -> (script, help)
     "model": (
         "bench_model",
-        "training-step and forward clips/s, memory, tokens, GFLOPs and MFU of trajvit2, vit3d and "
-        "ToMe-merged vit3d, with ratios to vit3d",
+        "the efficiency harness: exact FLOPs (meta device) or timed clips/s, memory, tokens and MFU "
+        "against clip length for vit3d, ToMe (equal FLOPs), RLT and trajvit2 (n = 1, 4, chunked)",
     ),
     "data": (
         "bench_data",
