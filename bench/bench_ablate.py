@@ -62,7 +62,7 @@ SWITCHES = {
     "pooled read": Switch({"model.pooled_read": True}, True, None),
     "shared K/V": Switch({"model.shared_kv": True}, False, None),
     "D -> D -> D heads (mlp)": Switch({"model.assignment_head": "mlp"}, True, None),
-    "release heads, scale 10 at init": Switch({"model.logit_scale_init": 10.0}, True, None),
+    "the release's scale at init (3.83)": Switch({"model.logit_scale_init": 3.8333}, True, None),
 }
 
 

@@ -333,15 +333,15 @@ def test_backbone_loads_local_convnext_weights(tmp_path, layout: str) -> None:
 
 
 def test_assignment_heads_and_their_initial_scale() -> None:
-    """The release's heads (D -> 128 -> 64, scale 3.83) by default; the D -> D -> D ones (scale 10) on
-    request; the scale at init settable for either, within what the clamp allows."""
+    """The release's heads (D -> 128 -> 64) by default, the D -> D -> D ones on request, both starting at
+    scale 10; the release's own start, softplus(log 16) + 1, on request, within what the clamp allows."""
     release = build_model(ModelConfig(name="segmenter"), ClipConfig()).head
     assert [m.out_features for m in release.pixel_head if isinstance(m, torch.nn.Linear)] == [128, 64]
-    assert float(release.logit_scale()) == pytest.approx(1 + math.log(17.0))
+    assert float(release.logit_scale()) == pytest.approx(10.0)
     mlp = build_model(ModelConfig(name="segmenter", assignment_head="mlp"), ClipConfig()).head
     assert mlp.pixel_head.fc2.out_features == 32 and float(mlp.logit_scale()) == pytest.approx(10.0)
-    scaled = build_model(ModelConfig(name="segmenter", logit_scale_init=10.0), ClipConfig()).head
-    assert float(scaled.logit_scale()) == pytest.approx(10.0)
+    as_released = build_model(ModelConfig(name="segmenter", logit_scale_init=3.8333), ClipConfig()).head
+    assert float(as_released.logit_scale()) == pytest.approx(1 + math.log(17.0), abs=1e-4)
     for bad in (dict(logit_scale_init=25.0), dict(assignment_head="wide")):
         with pytest.raises(ConfigError):
             build_model(ModelConfig(name="segmenter", **bad), ClipConfig())

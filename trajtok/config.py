@@ -84,9 +84,8 @@ class ModelConfig:
     # only what counts is computed: trajectory tokens read their own pixels by index (no dense mask), and
     # only valid tokens enter the transformer, packed per batch (trajtok.models.sequence_packing)
     packed: bool = True
-    # the segmenter's assignment heads: release (D -> 128 -> 64, scale 3.83 at init) | mlp (D -> D -> D, 10)
-    assignment_head: str = "release"
-    logit_scale_init: float = 0.0  # the assignment's scale at init; 0 = the head's own (3.83 release, 10 mlp)
+    assignment_head: str = "release"  # the segmenter's heads: release (D -> 128 -> 64) | mlp (D -> D -> D)
+    logit_scale_init: float = 0.0  # the assignment's scale at init; 0 = 10 (the release starts at 3.83)
     # cost switches (trajtok.models.context): the Perceivers read keys and values of features pooled 2x2;
     # the segmenter reads the trajectory encoder's keys and values (its gradient still stops at the features)
     pooled_read: bool = False
