@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -605,16 +606,17 @@ def plot(result: dict, path: Path) -> None:
         for label in dict.fromkeys(row["model"] for row in rows):
             mine = [row for row in rows if row["model"] == label]
             values = [row[key] if key else row["forward_gflops"]["total"] for row in mine]
-            axis.plot([row["frames"] for row in mine], values, marker="o", label=label)
+            style = "--" if label.startswith("vit3d+") else "-"  # peers dashed: ToMe at equal FLOPs overlays
+            axis.plot([row["frames"] for row in mine], values, style, marker="o", label=label)
         axis.set(xscale="log", yscale="log", xlabel="frames per clip (T)", title=title)
         axis.set_xticks(result["settings"]["frames"], labels=map(str, result["settings"]["frames"]))
         axis.xaxis.set_minor_formatter(NullFormatter())
         axis.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=8)
     settings, record = result["settings"], result["record"]
-    figure.suptitle(
-        f"size {settings['size']}, {settings['px']} px, {record['device']}, {record['date']}", fontsize=9
-    )
+    device = "meta device (exact counts)" if not timed else record["device"]
+    title = f"size {settings['size']}, {settings['px']} px, {device}, {record['date']}"
+    figure.suptitle(textwrap.fill(title, 60 * len(panels)), fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
