@@ -59,7 +59,7 @@ SWITCHES = {
     ),
     "no hard mask": Switch({"model.hard_mask": False}, False, ("R@5", -4.7)),
     # the cost switches and the heads they came with (no paper row: the paper has neither)
-    "pooled read": Switch({"model.pooled_read": True}, True, None),
+    "full-resolution read": Switch({"model.pooled_read": False}, True, None),
     "shared K/V": Switch({"model.shared_kv": True}, False, None),
     "D -> D -> D heads (mlp)": Switch({"model.assignment_head": "mlp"}, True, None),
     "the release's scale at init (3.83)": Switch({"model.logit_scale_init": 3.8333}, True, None),

@@ -116,7 +116,7 @@ class Settings:
     precision: str = "auto"  # bf16 autocast on a GPU, fp32 on a CPU (bf16 is slower on most CPUs)
     compile: bool = False
     channels_last: bool = False
-    pooled_read: bool = False
+    pooled_read: bool = True  # the model's defaults
     shared_kv: bool = False
     rlt_threshold: float = 0.1
     valid_trajectories: int = (
@@ -646,8 +646,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if any")
     parser.add_argument("--compile", action="store_true", help="torch.compile each model part")
     parser.add_argument("--channels-last", action="store_true", help="NHWC backbone convolutions")
-    parser.add_argument("--pooled-read", action="store_true", help="trajvit2: model.pooled_read")
-    parser.add_argument("--shared-kv", action="store_true", help="trajvit2: model.shared_kv")
+    parser.add_argument(
+        "--pooled-read", action=argparse.BooleanOptionalAction, default=defaults.pooled_read,
+        help="trajvit2: model.pooled_read",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shared-kv", action=argparse.BooleanOptionalAction, default=defaults.shared_kv,
+        help="trajvit2: model.shared_kv",
+    )  # fmt: skip
     parser.add_argument(
         "--rlt-threshold", type=float, default=defaults.rlt_threshold, help="vit3d+rlt: model.rlt_threshold"
     )

@@ -31,7 +31,7 @@ fi
 
 mkdir -p "$OUT"
 defaults=(
-  --size paper --precision bf16 --pooled-read --shared-kv --steps 3 --rounds 2 --warmup 1
+  --size paper --precision bf16 --steps 3 --rounds 2 --warmup 1
   --models vit3d vit3d+tome vit3d+rlt trajvit2 trajvit2-n4 trajvit2-chunk8
 )
 parts=()

@@ -86,9 +86,10 @@ class ModelConfig:
     packed: bool = True
     assignment_head: str = "release"  # the segmenter's heads: release (D -> 128 -> 64) | mlp (D -> D -> D)
     logit_scale_init: float = 0.0  # the assignment's scale at init; 0 = 10 (the release starts at 3.83)
-    # cost switches (trajtok.models.context): the Perceivers read keys and values of features pooled 2x2;
+    # cost switches (trajtok.models.context): the Perceivers read keys and values of features pooled 2x2
+    # (-31 % of trajvit2's FLOPs at paper size, 16 frames, no loss measured on the demo: docs/training.md);
     # the segmenter reads the trajectory encoder's keys and values (its gradient still stops at the features)
-    pooled_read: bool = False
+    pooled_read: bool = True
     shared_kv: bool = False
     # the paper's ablations (true = the paper's model): the segmenter's queries read detached features;
     # trajectory tokens read only their trajectory's pixels (false: all pixels, biased by the soft mask)
