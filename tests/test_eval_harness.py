@@ -129,6 +129,7 @@ def _rank(rank: int, world: int, port: int, overrides: list[str], out: str) -> N
     arrays, record = _features_and_record(overrides)
     np.savez(Path(out) / f"rank{rank}.npz", **arrays)
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(record["metrics"]))
+    dist.barrier()  # as trajtok eval does: a rank tearing gloo down while its peer still talks can abort it
     dist.destroy_process_group()
 
 
