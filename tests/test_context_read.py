@@ -77,7 +77,7 @@ def test_shared_read_equals_two_reads_with_the_second_detached() -> None:
         leaf = features.clone().requires_grad_()
         reader.zero_grad()
         if shared:
-            first, second = reader.shared(leaf, GRID, detach_second=True)
+            first, second = reader(leaf, GRID, shared=True)
         else:
             first, second = reader(leaf, GRID), reader(leaf.detach(), GRID)
         loss(first, second).backward()

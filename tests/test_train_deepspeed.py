@@ -304,11 +304,14 @@ def test_validation_and_pictures_of_fixed_held_out_clips_during_training(synthet
     assert _history(db, plain) == pytest.approx(_history(db, run_dir), rel=1e-6)
 
 
-def test_zero3_trains(synthetic_shards, tmp_path: Path, run_cli):
-    """ZeRO-3 re-gathers parameters for backward only through tensors it finds in module outputs (dicts)."""
+@pytest.mark.parametrize("shared_kv", [False, True])
+def test_zero3_trains(synthetic_shards, tmp_path: Path, run_cli, shared_kv: bool):
+    """ZeRO-3 re-gathers parameters for backward only through tensors it finds in module outputs (dicts),
+    and gathers a module's weights only in its forward (the shared key/value read is one)."""
     run_dir = tmp_path / "zero3"
     overrides = _overrides(synthetic_shards.pattern, run_dir, tmp_path / "unused.db")
     zero3 = ["train.zero_stage=3", "tracking.enabled=false", "train.steps=2", "launch.nproc=1"]
+    zero3.append(f"model.shared_kv={str(shared_kv).lower()}")
     proc = run_cli("train", str(CONFIG), *overrides, *zero3)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     model, metadata = load_weights(run_dir / WEIGHTS_FILE)

@@ -7,9 +7,9 @@ it cheaper without changing the method:
   1/4). The query Perceiver reads the pooled grid as it is; the trajectory encoder reads it back at 1/4,
   each pixel taking its cell's key and value, so the hard ids (and which pixels a trajectory reads) stay
   at 1/4 and a cell counts as often as its pixels that a trajectory owns.
-- `shared` (`ContextReader.shared`): the segmenter and the trajectory encoder read one projection. The
-  segmenter's copy passes through `ParameterGradientOnly`, so its gradient still trains the projection but
-  never reaches the features: the paper's detach keeps its meaning.
+- `shared` (`ContextReader(..., shared=True)`): the segmenter and the trajectory encoder read one
+  projection. The segmenter's copy passes through `ParameterGradientOnly`, so its gradient still trains the
+  projection but never reaches the features: the paper's detach keeps its meaning.
 """
 
 from __future__ import annotations
@@ -91,17 +91,17 @@ class ContextReader(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.to_kv = nn.Linear(dim, 2 * dim)
 
-    def forward(self, features: torch.Tensor, grid: Grid) -> ContextKV:
+    def forward(
+        self, features: torch.Tensor, grid: Grid, shared: bool = False, detach_second: bool = True
+    ) -> ContextKV | tuple[ContextKV, ContextKV]:
+        """One reader's `ContextKV`; with `shared`, two readers' of one projection, the second sending no
+        gradient into `features` when `detach_second` (a forward, not a method, so that ZeRO-3 gathers the
+        weights for it)."""
         features, grid = self._pool(features, grid)
-        return self._split(self.to_kv(self.norm(features)), grid)
-
-    def shared(self, features: torch.Tensor, grid: Grid, detach_second: bool) -> tuple[ContextKV, ContextKV]:
-        """Two readers of one projection; with `detach_second` the second sends no gradient into `features`.
-
-        The norm's affine is folded into the projection (x_hat (W*gamma)^T + (W beta + b)), so that the
-        one product the second reader reuses is a plain linear map of a tensor without parameters.
-        """
-        features, grid = self._pool(features, grid)
+        if not shared:
+            return self._split(self.to_kv(self.norm(features)), grid)
+        # the norm's affine folded into the projection (x_hat (W*gamma)^T + (W beta + b)), so that what the
+        # second reader reuses is a plain linear map of a tensor without parameters
         normalised = F.layer_norm(features, features.shape[-1:], eps=self.norm.eps)
         weight = self.to_kv.weight * self.norm.weight
         bias = self.to_kv(self.norm.bias)

@@ -9,7 +9,7 @@ the transformer which chunk a token came from. The segmentation then has one row
 ((B * chunks, chunk_frames*h*w, K)); the segmentation loss cuts the label maps the same way.
 
 With `shared_kv` the segmenter's query Perceiver has no projection of its own: it reads the trajectory
-encoder's keys and values (`ContextReader.shared`), computed once, with the same detach as before.
+encoder's keys and values (`ContextReader` with `shared=True`), computed once, with the same detach as before.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ class TrajectoryTokenizer(nn.Module):
             return VideoTokens(self.project(tokens), mask, segmentation)
         features, grid = self.segmenter.backbone(frames)
         head = self.segmenter.head
-        read, segmenter_read = self.encoder.perceiver.reader.shared(
-            self.encoder.positioned(features, grid), grid, detach_second=head.detach
+        read, segmenter_read = self.encoder.perceiver.reader(
+            self.encoder.positioned(features, grid), grid, shared=True, detach_second=head.detach
         )
         segmentation = head(features, grid, context=segmenter_read)
         tokens, mask = self.encoder(features, segmentation, context=read)
