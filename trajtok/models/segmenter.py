@@ -33,15 +33,16 @@ from trajtok.models.perceiver import Perceiver
 from trajtok.models.positions import Grid, fourier_features
 
 MAX_LOGIT_SCALE = 20.0
+INITIAL_LOGIT_SCALE = 10.0  # both heads' start (the release's is 3.83: see the module docstring)
 ASSIGNMENT_HEADS = ("release", "mlp")
 
 
-def assignment_head(kind: str, dim: int) -> tuple[nn.Module, nn.Module, float]:
-    """(pixel head, query head, initial logit scale) of an `ASSIGNMENT_HEADS` kind."""
+def assignment_heads(kind: str, dim: int) -> tuple[nn.Module, nn.Module]:
+    """(pixel head, query head) of an `ASSIGNMENT_HEADS` kind."""
     if kind == "release":
-        return _release_head(dim), _release_head(dim), 10.0
+        return _release_head(dim), _release_head(dim)
     if kind == "mlp":
-        return Mlp(dim, dim), Mlp(dim, dim), 10.0
+        return Mlp(dim, dim), Mlp(dim, dim)
     raise ValueError(f"assignment head '{kind}': choose one of {', '.join(ASSIGNMENT_HEADS)}")
 
 
@@ -84,8 +85,8 @@ class Segmenter(nn.Module):
         self.detach = detach
         self.queries = nn.Parameter(fourier_features(num_queries, dim))
         self.perceiver = Perceiver(dim, depth, heads, rotary, pooled, reads_context)
-        self.pixel_head, self.query_head, head_scale = assignment_head(head, dim)
-        initial_scale = initial_scale or head_scale
+        self.pixel_head, self.query_head = assignment_heads(head, dim)
+        initial_scale = initial_scale or INITIAL_LOGIT_SCALE
         if not 1 < initial_scale <= MAX_LOGIT_SCALE:
             raise ValueError(f"the logit scale starts in (1, {MAX_LOGIT_SCALE}], got {initial_scale}")
         self.scale_param = nn.Parameter(torch.tensor(math.log(math.expm1(initial_scale - 1))))

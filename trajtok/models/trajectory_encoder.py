@@ -82,12 +82,11 @@ class TrajectoryEncoder(nn.Module):
             context = self.perceiver.reader(positioned, segmentation.grid)
         context = context.at(segmentation.grid)
 
-        weights = segmentation.soft.transpose(1, 2)  # (B, K, N)
+        # the soft masks come in fp32 (the assignment is computed so); the features' dtype is enough here
+        weights = segmentation.soft.transpose(1, 2).to(positioned.dtype)  # (B, K, N)
         mass = weights.sum(dim=-1, keepdim=True).clamp_min(1e-6)
-        means = (weights @ positioned.to(weights.dtype)) / mass  # (B, K, D)
-        tokens = (means.to(features.dtype)[:, :, None, :] + self.sub_tokens[:n]).reshape(
-            batch, num_trajectories * n, dim
-        )
+        means = (weights @ positioned) / mass  # (B, K, D)
+        tokens = (means[:, :, None, :] + self.sub_tokens[:n]).reshape(batch, num_trajectories * n, dim)
 
         if self.packed and self.hard_mask:
             groups = TrajectoryGroups(segmentation.hard, n)

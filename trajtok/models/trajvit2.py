@@ -51,15 +51,13 @@ class TrajectoryTokenizer(nn.Module):
         return VideoTokens(tokens, video.mask.reshape(batch, -1), video.segmentation)
 
     def _tokens(self, frames: torch.Tensor) -> VideoTokens:
-        if not self.shared_kv:
-            features, segmentation = self.segmenter.segment(frames)
-            tokens, mask = self.encoder(features, segmentation)
-            return VideoTokens(self.project(tokens), mask, segmentation)
         features, grid = self.segmenter.backbone(frames)
         head = self.segmenter.head
-        read, segmenter_read = self.encoder.perceiver.reader(
-            self.encoder.positioned(features, grid), grid, shared=True, detach_second=head.detach
-        )
+        read = segmenter_read = None  # each Perceiver reads for itself, unless they share
+        if self.shared_kv:
+            read, segmenter_read = self.encoder.perceiver.reader(
+                self.encoder.positioned(features, grid), grid, shared=True, detach_second=head.detach
+            )
         segmentation = head(features, grid, context=segmenter_read)
         tokens, mask = self.encoder(features, segmentation, context=read)
         return VideoTokens(self.project(tokens), mask, segmentation)
