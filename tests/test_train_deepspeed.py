@@ -224,8 +224,12 @@ def test_killed_run_resumes_on_the_same_curve_and_mlflow_run(
     run_id = (run_dir / "mlflow_run_id").read_text().strip()
     assert not (run_dir / WEIGHTS_FILE).exists()
 
+    assert (run_dir / "writer.lock").is_file()  # left by the killed job
+
     _train(*overrides)  # train.resume=auto (the default): what a requeued job does
 
+    assert "took over the lock" in (run_dir / "train.log").read_text()  # its writer was gone
+    assert not (run_dir / "writer.lock").exists()
     assert (run_dir / "mlflow_run_id").read_text().strip() == run_id
     reference, resumed = _history(tracking_db, reference_run), _history(tracking_db, run_dir)
     assert sorted(resumed) == list(range(1, STEPS + 1))

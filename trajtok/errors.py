@@ -14,6 +14,10 @@ class ConfigError(TrajTokError):
     """A config file or override is malformed, has an unknown key, or a value of the wrong type."""
 
 
+class RunDirectoryInUse(ConfigError):
+    """Another live job writes the run directory (it holds the directory's writer lock)."""
+
+
 class VideoDecodeError(TrajTokError):
     """A video cannot be decoded: empty, truncated, not a video, audio only, or a decode that hangs.
 

@@ -20,12 +20,13 @@ from trajtok.config import JobConfig, config_digest, save_config
 from trajtok.data.loader import build_loader, expand_shards
 from trajtok.data.normalise import normalise_frames
 from trajtok.distributed import init_process_group
+from trajtok.errors import RunDirectoryInUse
 from trajtok.losses import EarlyMatching, total_loss
 from trajtok.models.registry import build_model
 from trajtok.models.segmenter import VideoSegmenter
 from trajtok.models.text import build_tokenizer
 from trajtok.models.weights import WEIGHTS_FILE
-from trajtok.rundir import RUN_ID_FILE
+from trajtok.rundir import RUN_ID_FILE, writer_lock
 from trajtok.schedule import lr_at
 from trajtok.tracking import start_tracker
 from trajtok.train.checkpoint import (
@@ -61,8 +62,28 @@ def main(cfg: JobConfig) -> int:
     check_job(cfg)
     env = init_process_group()
     device = torch.device("cuda", env.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    with _logging(env.rank, Path(cfg.run_dir)) as log_file:
+    with _logging(env.rank, Path(cfg.run_dir)) as log_file, _sole_writer(cfg.run_dir, env.rank):
         return _train(cfg, env.rank, env.world_size, device, log_file)
+
+
+@contextlib.contextmanager
+def _sole_writer(run_dir: str, rank: int) -> Iterator[None]:
+    """Rank 0 holds the run directory's writer lock for the whole job; when another live job holds it,
+    every rank stops with the same one-line error before touching checkpoints or the MLflow run."""
+    with contextlib.ExitStack() as stack:
+        refusal = [""]
+        if rank == 0:
+            try:
+                taken_over = stack.enter_context(writer_lock(run_dir))
+            except RunDirectoryInUse as err:
+                refusal = [str(err)]
+            else:
+                if taken_over:
+                    log.warning(taken_over)
+        torch.distributed.broadcast_object_list(refusal, src=0)
+        if refusal[0]:
+            raise RunDirectoryInUse(refusal[0])
+        yield
 
 
 def _train(cfg: JobConfig, rank: int, world_size: int, device: torch.device, log_file: Path | None) -> int:
