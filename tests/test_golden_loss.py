@@ -40,8 +40,19 @@ RELATIVE_TOLERANCE = 2e-3
 
 def _losses(tmp_path: Path, shards: str) -> dict[str, list[float]]:
     run_dir, db = tmp_path / "golden", tmp_path / "mlflow.db"
-    assert cli(["train", str(CONFIG), f"data.shards={shards}", f"run_dir={run_dir}",
-                f"tracking.uri=sqlite:///{db}", *SETTINGS]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                str(CONFIG),
+                f"data.shards={shards}",
+                f"run_dir={run_dir}",
+                f"tracking.uri=sqlite:///{db}",
+                *SETTINGS,
+            ]
+        )
+        == 0
+    )
     client = mlflow.MlflowClient(f"sqlite:///{db}")
     run_id = (run_dir / "mlflow_run_id").read_text().strip()
     curves = {}
@@ -51,13 +62,18 @@ def _losses(tmp_path: Path, shards: str) -> dict[str, list[float]]:
     return curves
 
 
-def test_a_tiny_fixed_seed_run_repeats_the_golden_loss_curve(synthetic_shards, tmp_path: Path):
+def test_a_tiny_fixed_seed_run_repeats_the_golden_loss_curve(synthetic_shards, tmp_path: Path, capfd):
     curves = _losses(tmp_path, synthetic_shards.pattern)
+    printed = capfd.readouterr()
+    assert "step 6/6" in printed.out + printed.err  # the ranks' output reached this process
+    assert "Warning" not in printed.out + printed.err  # a normal run's log is clean (deprecations included)
     if os.environ.get("TRAJTOK_WRITE_GOLDEN"):
         ASSET.write_text(json.dumps({"settings": SETTINGS, "curves": curves}, indent=1) + "\n")
         pytest.skip(f"wrote {ASSET}")
     golden = json.loads(ASSET.read_text())
-    assert golden["settings"] == SETTINGS, "the run's settings changed: regenerate the asset (module docstring)"
+    assert golden["settings"] == SETTINGS, (
+        "the run's settings changed: regenerate the asset (module docstring)"
+    )
     for key, expected in golden["curves"].items():
         assert len(curves[key]) == len(expected), key
         for step, (value, reference) in enumerate(zip(curves[key], expected, strict=True), start=1):

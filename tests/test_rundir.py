@@ -44,8 +44,14 @@ def test_the_run_id_round_trips_and_is_empty_for_a_new_directory(tmp_path):
 
 def _left_lock(run_dir: Path, **owner) -> Path:
     """A lock as a job left it: this host and a live process (this test's) unless told otherwise."""
-    fields = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": _process_start(os.getpid()),
-              "slurm_job_id": "", "since": "earlier", **owner}
+    fields = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "process_start": _process_start(os.getpid()),
+        "slurm_job_id": "",
+        "since": "earlier",
+        **owner,
+    }
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / LOCK_FILE).write_text(json.dumps(fields))
     return run_dir / LOCK_FILE
@@ -56,8 +62,10 @@ def test_a_second_live_writer_is_refused_and_the_lock_goes_with_the_first(tmp_pa
         assert taken_over is None
         owner = json.loads((tmp_path / LOCK_FILE).read_text())
         assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
-        with pytest.raises(RunDirectoryInUse, match=f"pid {os.getpid()} on {socket.gethostname()}"), \
-                writer_lock(tmp_path):
+        with (
+            pytest.raises(RunDirectoryInUse, match=f"pid {os.getpid()} on {socket.gethostname()}"),
+            writer_lock(tmp_path),
+        ):
             pass
     assert not (tmp_path / LOCK_FILE).exists()
 
@@ -69,8 +77,9 @@ def test_a_live_writer_on_another_machine_is_refused(tmp_path):
 
 
 def test_stale_locks_are_taken_over_and_say_why(tmp_path, monkeypatch):
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                           text=True, check=True)
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     _left_lock(tmp_path, pid=int(ended.stdout))  # a process of this host that has exited
     with writer_lock(tmp_path) as taken_over:
         assert "has ended" in taken_over
@@ -94,8 +103,14 @@ def test_training_into_a_directory_another_job_writes_stops_in_one_line(tmp_path
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         _left_lock(tmp_path / "run", pid=holder.pid, process_start=_process_start(holder.pid))
-        proc = run_cli("train", str(CONFIG), f"data.shards={synthetic_shards.pattern}",
-                       f"run_dir={tmp_path / 'run'}", "tracking.enabled=false", "launch.nproc=2")
+        proc = run_cli(
+            "train",
+            str(CONFIG),
+            f"data.shards={synthetic_shards.pattern}",
+            f"run_dir={tmp_path / 'run'}",
+            "tracking.enabled=false",
+            "launch.nproc=2",
+        )
     finally:
         holder.kill()
         holder.wait()

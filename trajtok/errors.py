@@ -18,6 +18,11 @@ class RunDirectoryInUse(ConfigError):
     """Another live job writes the run directory (it holds the directory's writer lock)."""
 
 
+class CheckpointWriteError(TrajTokError):
+    """A checkpoint could not be written (the disk is full, a quota, a lost mount); the previous complete
+    checkpoint is kept and the job stops."""
+
+
 class VideoDecodeError(TrajTokError):
     """A video cannot be decoded: empty, truncated, not a video, audio only, or a decode that hangs.
 

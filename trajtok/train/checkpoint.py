@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from trajtok.config import ClipConfig, ModelConfig
-from trajtok.errors import ConfigError
+from trajtok.errors import CheckpointWriteError, ConfigError
 from trajtok.models.weights import WEIGHTS_FILE, save_weights
 from trajtok.rundir import write_json
 
@@ -85,17 +85,36 @@ def save_checkpoint(
     """Save on every rank (all must call), mark complete on rank 0, then drop all but the newest `keep`."""
     root = Path(run_dir) / CHECKPOINT_DIR
     name = checkpoint_name(state.step)
-    engine.save_checkpoint(
-        str(root), tag=name, client_state={"train_state": asdict(state)}, save_latest=False
-    )
     target = root / name
-    torch.save(_rng_state(), target / f"rng-rank{engine.global_rank}.pt")
+    try:
+        engine.save_checkpoint(
+            str(root), tag=name, client_state={"train_state": asdict(state)}, save_latest=False
+        )
+        torch.save(_rng_state(), target / f"rng-rank{engine.global_rank}.pt")
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
+        raise _write_failed(target, err) from err
     torch.distributed.barrier()
     if engine.global_rank == 0:
         write_json(target / STATE_FILE, asdict(state))
         _retain(root, keep, target)
     torch.distributed.barrier()
     return target
+
+
+def _write_failed(target: Path, err: Exception) -> CheckpointWriteError:
+    """The one-line error for a checkpoint that could not be written, after removing what it left (its
+    space is what the next attempt needs); the previous complete checkpoint is untouched."""
+    shutil.rmtree(target, ignore_errors=True)
+    kept = complete_checkpoints(target.parents[1])
+    free = shutil.disk_usage(target.parent).free / 2**30
+    if isinstance(err, OSError) and err.strerror:
+        reason = err.strerror  # "No space left on device", "Disk quota exceeded"
+    else:  # torch.save's writer says only where in the file it failed
+        reason = "the write failed: " + (str(err).strip().splitlines() or [type(err).__name__])[0]
+    resume = f"a rerun resumes from {kept[-1].name}" if kept else "no earlier checkpoint to resume from"
+    return CheckpointWriteError(
+        f"{target}: cannot write the checkpoint ({reason}; {free:.1f} GiB free there); {resume}"
+    )
 
 
 def set_aside_earlier_run(run_dir: str | Path, kept_files: tuple[str, ...]) -> str | None:

@@ -1,0 +1,109 @@
+"""Training survives what clusters do to it: a shard that turns corrupt mid-run, a disk that fills at a
+checkpoint, an MLflow server that goes away. Each is the real fault (a truncated tar, ENOSPC from the
+kernel, a stopped `mlflow server`), on a real `trajtok train` run on CPU."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from trajtok.train.checkpoint import complete_checkpoints
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny-cpu.yaml"
+TRAIN = [sys.executable, "-m", "launch.cli", "train", str(CONFIG)]
+
+
+def _settings(shards: str, run_dir: Path, db: Path, *extra: str) -> list[str]:
+    return [
+        f"data.shards={shards}",
+        f"run_dir={run_dir}",
+        f"tracking.uri=sqlite:///{db}",
+        "tracking.system_metrics=false",
+        "train.batch_size=4",
+        "train.warmup_steps=2",
+        "train.log_every=1",
+        "train.zero_stage=0",
+        "data.samples_per_epoch=32",
+        "launch.nproc=1",
+        *extra,
+    ]
+
+
+def _history(db: Path, run_dir: Path, key: str) -> dict[int, float]:
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+
+def _wait_for_line(proc: subprocess.Popen, log: Path, text: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not (log.is_file() and text in log.read_text()):
+        assert proc.poll() is None, f"training ended before '{text}'"
+        assert time.monotonic() < deadline, f"no '{text}' in {log} after {timeout} s"
+        time.sleep(0.05)
+
+
+def _truncate_in_the_second_video(shard: Path) -> None:
+    """Cut a shard in the middle of its second clip, as a failed copy or a dying disk leaves it."""
+    with tarfile.open(shard) as tar:
+        member = [m for m in tar.getmembers() if m.name.endswith(".mp4")][1]
+    shard.write_bytes(shard.read_bytes()[: member.offset_data + member.size // 2])
+
+
+def test_shards_that_turn_corrupt_mid_run_are_skipped_and_counted(synthetic_shards, tmp_path: Path):
+    shards = tmp_path / "shards"
+    shutil.copytree(synthetic_shards.directory, shards, ignore=shutil.ignore_patterns("image-*"))
+    run_dir, db = tmp_path / "run", tmp_path / "mlflow.db"
+    steps = 12
+    settings = _settings(
+        str(shards / "video-{000000..000007}.tar"),
+        run_dir,
+        db,
+        f"train.steps={steps}",
+        "data.shuffle_buffer=4",
+        "data.num_workers=1",
+    )
+    proc = subprocess.Popen([*TRAIN, *settings], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_line(proc, run_dir / "train.log", "step 1/")
+    for shard in shards.glob("video-*.tar"):  # every shard: whichever the loader opens next is broken
+        _truncate_in_the_second_video(shard)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert f"trained {steps} steps" in (run_dir / "train.log").read_text()
+    assert "leaving shard" in stderr and "corrupt shard" in stderr
+    skipped = _history(db, run_dir, "train/data/skipped")
+    assert sorted(_history(db, run_dir, "train/loss")) == list(range(1, steps + 1))
+    assert sum(skipped.values()) >= 3, skipped  # shards opened after the cut, each counted
+
+
+def test_a_disk_that_fills_at_a_checkpoint_keeps_the_previous_one(synthetic_shards, tmp_path: Path):
+    run_dir, db = tmp_path / "run", tmp_path / "mlflow.db"
+    base = _settings(synthetic_shards.pattern, run_dir, db, "train.checkpoint_every=2")
+    first = subprocess.run([*TRAIN, *base, "train.steps=2"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # The step-4 checkpoint's model file is the kernel's full device: every write to it fails with ENOSPC.
+    trap = run_dir / "checkpoints" / "step-00000004"
+    trap.mkdir(parents=True)
+    (trap / "mp_rank_00_model_states.pt").symlink_to("/dev/full")
+    full = subprocess.run([*TRAIN, *base, "train.steps=6"], capture_output=True, text=True, timeout=300)
+    assert full.returncode == 2, full.stderr[-3000:]
+    errors = [line for line in full.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "step-00000004: cannot write the checkpoint" in errors[0], full.stderr[-3000:]
+    assert "a rerun resumes from step-00000002" in errors[0]
+    assert "Traceback" not in full.stderr
+    assert [p.name for p in complete_checkpoints(run_dir)] == ["step-00000002"]
+    assert not trap.exists()  # the half-written checkpoint is gone, its space freed
+
+    again = subprocess.run([*TRAIN, *base, "train.steps=6"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in (run_dir / "train.log").read_text()
+    assert sorted(_history(db, run_dir, "train/loss")) == list(range(1, 7))
+    assert os.path.basename(complete_checkpoints(run_dir)[-1]) == "step-00000006"
