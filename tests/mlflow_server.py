@@ -15,9 +15,10 @@ from trajtok.distributed import free_port
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_store_uri: str, artifacts: Path) -> Iterator[str]:
-    """Serve `backend_store_uri` (proxied artifacts in `artifacts`) until the block ends; yields its URI."""
-    port = free_port()
+def mlflow_server(backend_store_uri: str, artifacts: Path, port: int | None = None) -> Iterator[str]:
+    """Serve `backend_store_uri` (proxied artifacts in `artifacts`) until the block ends; yields its URI.
+    A `port` given again serves the same store at the same address (a restarted server)."""
+    port = port or free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1", "--backend-store-uri", backend_store_uri,

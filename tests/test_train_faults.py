@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -13,8 +14,11 @@ import time
 from pathlib import Path
 
 import mlflow
-import pytest
+import psutil
 
+from tests.mlflow_server import mlflow_server
+from trajtok.distributed import free_port
+from trajtok.rundir import PENDING_METRICS_FILE
 from trajtok.train.checkpoint import complete_checkpoints
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny-cpu.yaml"
@@ -107,3 +111,54 @@ def test_a_disk_that_fills_at_a_checkpoint_keeps_the_previous_one(synthetic_shar
     assert "resumed from" in (run_dir / "train.log").read_text()
     assert sorted(_history(db, run_dir, "train/loss")) == list(range(1, 7))
     assert os.path.basename(complete_checkpoints(run_dir)[-1]) == "step-00000006"
+
+
+def _pause(proc: subprocess.Popen, signal_name: str) -> None:
+    """SIGSTOP/SIGCONT a training job (launcher, ranks, workers), so the test decides what happens between
+    two steps instead of racing them."""
+    root = psutil.Process(proc.pid)
+    for process in [root, *root.children(recursive=True)]:
+        process.send_signal(getattr(signal, signal_name))
+
+
+def test_training_outlives_its_mlflow_server(synthetic_shards, tmp_path: Path):
+    backend, artifacts, port = f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", free_port()
+    run_dir, steps = tmp_path / "run", 12
+    log = run_dir / "train.log"
+    with mlflow_server(backend, artifacts, port) as uri:
+        settings = _settings(
+            synthetic_shards.pattern, run_dir, tmp_path / "unused.db", f"train.steps={steps}"
+        )
+        train = [*TRAIN, *settings, f"tracking.uri={uri}", "train.overlay_every=4"]
+        proc = subprocess.Popen(train, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _wait_for_line(proc, log, "step 2/")
+        _pause(proc, "SIGSTOP")
+    _pause(proc, "SIGCONT")  # the server is gone: steps 3.. and the step-4 picture meet a closed port
+    _wait_for_line(proc, log, "is unreachable")
+    _pause(proc, "SIGSTOP")
+    with mlflow_server(backend, artifacts, port):  # back at the same address
+        _pause(proc, "SIGCONT")
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+        client = mlflow.MlflowClient(uri)
+        run_id = (run_dir / "mlflow_run_id").read_text().strip()
+        losses = {m.step for m in client.get_metric_history(run_id, "train/loss")}
+        assert losses == set(range(1, steps + 1))  # nothing lost: kept during the outage, sent after it
+        assert client.get_run(run_id).info.status == "FINISHED"
+        pictures = _pictures(client, run_id)
+    assert len(pictures) == 3, pictures  # steps 4 (kept during the outage), 8 and 12
+    text = log.read_text()
+    assert text.count("is unreachable") == 1 and "answers again" in text
+    assert "(Connection refused)" in text
+    assert "Traceback" not in stderr and "Retrying" not in stderr, stderr[-3000:]
+    assert not (run_dir / PENDING_METRICS_FILE).exists()
+
+
+def _pictures(client: mlflow.MlflowClient, run_id: str, path: str | None = None) -> list[str]:
+    found = []
+    for item in client.list_artifacts(run_id, path):
+        if item.is_dir:
+            found += _pictures(client, run_id, item.path)
+        elif "trajectories" in item.path and item.path.endswith(".png"):
+            found.append(item.path)
+    return found

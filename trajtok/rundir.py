@@ -3,6 +3,7 @@
     config.yaml          the resolved config: the run can be repeated from its directory alone
     provenance.json      git revision, Python and package versions of the first attempt
     mlflow_run_id        the MLflow run this directory logs to; a rerun of the same directory resumes it
+    pending_metrics.jsonl  metrics logged while MLflow was unreachable, sent when it answers (tracking_outage)
     train.log            what rank 0 logged (trajtok.train.loop)
     checkpoints/         DeepSpeed and training state, the last k kept (trajtok.train.checkpoint)
     weights.safetensors  the trained model with its configs (trajtok.models.weights)
@@ -33,6 +34,7 @@ from trajtok.errors import RunDirectoryInUse
 CONFIG_FILE = "config.yaml"
 PROVENANCE_FILE = "provenance.json"
 RUN_ID_FILE = "mlflow_run_id"
+PENDING_METRICS_FILE = "pending_metrics.jsonl"
 
 
 @contextmanager

@@ -19,11 +19,12 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import platform
 import subprocess
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,9 @@ from mlflow.utils.time import get_current_time_millis
 from trajtok.config import JobConfig, TrackingConfig, flatten, save_config, to_dict
 from trajtok.errors import ConfigError
 from trajtok.rundir import PROVENANCE_FILE, RUN_ID_FILE, read_run_id, write_json, write_run_id
+from trajtok.tracking_outage import Outage
+
+log = logging.getLogger(__name__)
 
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # Distributions whose versions decide whether a run can be reproduced.
@@ -123,27 +127,43 @@ class NullTracker:
 class Tracker(NullTracker):
     """Logs into one MLflow run; made by `start_tracker` (top-level run) or `Tracker.child` (evaluations)."""
 
-    def __init__(self, client: mlflow.MlflowClient, run_id: str, experiment_id: str, top_level: bool) -> None:
+    def __init__(
+        self,
+        client: mlflow.MlflowClient,
+        run_id: str,
+        experiment_id: str,
+        top_level: bool,
+        outage: Outage | None = None,
+    ) -> None:
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
         self._top_level = top_level
+        self._outage = outage  # a training run's calls outlive a server outage; others fail with it
+
+    def _call(self, send: Callable[[], Any]) -> None:
+        if self._outage is None:
+            send()
+        else:
+            self._outage.call(send)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Log scalars at a training step (names like `train/loss`, values anything `float()` takes)."""
         now = get_current_time_millis()
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()]
-        )
+        batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        if self._outage is None:
+            self.client.log_batch(self.run_id, metrics=batch)
+        else:
+            self._outage.metrics(batch)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._call(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def log_image(self, image: np.ndarray, name: str, step: int = 0) -> None:
         """An (H, W, 3) uint8 image, kept per step so overlays can be compared over training."""
-        self.client.log_image(self.run_id, image, key=name, step=step)
+        self._call(lambda: self.client.log_image(self.run_id, image, key=name, step=step))
 
     def log_text(self, text: str, name: str) -> None:
         """A text artifact, e.g. a results table; `name` is its path in the run (`eval/report.md`)."""
-        self.client.log_text(self.run_id, text, name)
+        self._call(lambda: self.client.log_text(self.run_id, text, name))
 
     def log_dataset(
         self, urls: Sequence[str], name: str, context: str = "training", content: str | None = None
@@ -172,7 +192,7 @@ class Tracker(NullTracker):
         active = mlflow.active_run()
         if not self._top_level or active is None or active.info.run_id != self.run_id:
             raise RuntimeError(f"run {self.run_id} is not the active MLflow run: cannot log a model into it")
-        log_trained_model(weights, config_file, step, register)
+        self._call(lambda: log_trained_model(weights, config_file, step, register))
 
     @contextlib.contextmanager
     def child(self, name: str) -> Iterator[Tracker]:
@@ -184,7 +204,14 @@ class Tracker(NullTracker):
             yield child
 
     def close(self, status: str = "FINISHED") -> None:
-        """End the run (FINISHED, FAILED or KILLED); a requeued job reopens it from the run directory."""
+        """End the run (FINISHED, FAILED or KILLED); a requeued job reopens it from the run directory.
+        While MLflow is unreachable the run stays open, and what was kept waits for the next job here."""
+        if self._outage is not None and not self._outage.catch_up():
+            log.warning(
+                "MLflow at %s is still unreachable: the run stays open; the next job in this run directory "
+                "sends the metrics kept in %s", self._outage.uri, self._outage.pending_file,
+            )
+            return
         if self._top_level:
             mlflow.end_run(status)
         else:
@@ -226,10 +253,13 @@ def _open_run(cfg: JobConfig, run_dir: Path) -> Tracker:
         if run_id is None:
             raise
         raise ConfigError(f"{id_file}: cannot resume MLflow run {run_id} from {uri}: {err.message}") from None
-    tracker = Tracker(mlflow.MlflowClient(), run.info.run_id, experiment_id, top_level=True)
+    client, opened = mlflow.MlflowClient(), run.info.run_id
+    outage = Outage(uri, run_dir, lambda metrics: client.log_batch(opened, metrics=metrics))
+    tracker = Tracker(client, opened, experiment_id, top_level=True, outage=outage)
     if run_id is None:
         _describe_new_run(tracker, cfg, run_dir)
         write_run_id(run_dir, tracker.run_id)
+    outage.catch_up()  # what an earlier job here kept during an outage
     return tracker
 
 
