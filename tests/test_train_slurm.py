@@ -1,7 +1,7 @@
 """DeepSpeed training as a real SLURM job (the session's one-node cluster on loopback, see conftest).
 
 A 2-task job killed after its first checkpoint and submitted again with the same command resumes from it
-in the same MLflow run (the run directory, not the job id, is the job's identity); a job preempted after
+in the same MLflow run (the run directory, not the job id, is the job's identity); a job preempted (USR2 or TERM) after
 its first checkpoint is requeued by submitit's `checkpoint()`, and its second attempt resumes from that
 checkpoint in the same MLflow run.
 """
@@ -93,8 +93,9 @@ def test_a_killed_job_resubmitted_with_the_same_command_resumes_in_the_same_run(
 
 @pytest.mark.slurm
 @pytest.mark.timeout(JOB_TIMEOUT_S + 60)
-def test_preempted_training_requeues_and_resumes_from_its_checkpoint(
-    slurm_cluster, deadline, synthetic_shards, tmp_path, monkeypatch
+@pytest.mark.parametrize("signal_name", ["USR2", "TERM"])
+def test_preempted_training_checkpoints_where_it_stops_requeues_and_resumes_there(
+    slurm_cluster, deadline, synthetic_shards, tmp_path, monkeypatch, signal_name
 ):
     monkeypatch.chdir(tmp_path)
     # A 60-minute limit makes submitit read USR2 as a preemption (requeue) rather than a timeout.
@@ -104,13 +105,16 @@ def test_preempted_training_requeues_and_resumes_from_its_checkpoint(
     first_checkpoint = job_dir / "checkpoints" / "step-00000004" / "state.json"
     deadline(JOB_TIMEOUT_S).wait_for(first_checkpoint.is_file, "the first checkpoint")
     run_id = (job_dir / "mlflow_run_id").read_text().strip()
-    subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True)  # what SLURM sends before preempting
+    # USR2: what SLURM sends before a time limit or preemption; TERM: what it sends at the end
+    subprocess.run(["scancel", f"--signal={signal_name}", job.job_id], check=True)
 
     assert deadline(JOB_TIMEOUT_S).results(job) == [0, 0]
     logs = job.paths.stdout.read_text() + job.paths.stderr.read_text()
     assert "Requeued job" in logs
+    stopped = re.findall(rf"SIG{signal_name}: stopped at step (\d+) with its checkpoint", logs)
     resumed = re.findall(r"resumed from \S+step-(\d+) at step (\d+)", logs)
-    assert resumed and int(resumed[-1][1]) >= 4, logs[-3000:]
+    assert stopped and resumed, logs[-3000:]
+    assert resumed[-1] == (f"{int(stopped[0]):08d}", stopped[0])  # not back at a periodic checkpoint
     assert (job_dir / "mlflow_run_id").read_text().strip() == run_id
     assert sorted(_losses(tmp_path, job_dir)) == list(range(1, 41))
     assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "FINISHED"

@@ -140,6 +140,7 @@ class TrainConfig:
     picture_clips: int = 3  # the fixed clips those pictures show: eval_set's first, else the first batch's
     eval_set: str = ""  # held-out manifest or shard pattern: the pictures' clips, and validation
     eval_every: int = 0  # retrieval on eval_set every K steps and at the end, as val/retrieval/* (0 = never)
+    dry_run: bool = False  # print the job's plan (model, memory per rank, shards, where output goes), exit
     loss: LossConfig = field(default_factory=LossConfig)
 
 

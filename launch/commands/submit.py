@@ -62,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Submit TARGET with the given config. With launch.backend=slurm the job goes through "
         "submitit: launch.nodes nodes, one task per GPU (launch.gpus_per_node) or launch.nproc tasks per "
         "node, requeued with train.resume=auto on timeout or preemption; the job id and its log are printed, "
-        "and launch.dry_run=true prints the sbatch script instead. With launch.backend=local it runs here.",
+        "and launch.dry_run=true prints the sbatch script instead (for train, also what each rank builds). "
+        "With launch.backend=local it runs here.",
     )
     targets = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
     for name, target in TARGETS.items():
@@ -84,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
 
         if cfg.launch.dry_run:
             print(sbatch_script(cfg, ray=target.ray), end="")
+            if args.target == "train":
+                from trajtok.train.plan import format_plan, job_plan
+
+                ranks = cfg.launch.nodes * (cfg.launch.gpus_per_node or cfg.launch.nproc)
+                print("\n# what each rank builds\n" + format_plan(job_plan(cfg, ranks)))
             return 0
         job = submit(target.entry, cfg, ray=target.ray)
         print(f"submitted job {job.job_id}: {args.target} ({target.entry})")

@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train model.name on data.shards with DeepSpeed ZeRO (train.zero_stage) in launch.nproc "
         "local processes (gloo on CPU, NCCL on GPUs). Logs every train.log_every steps, checkpoints to "
         "<run_dir>/checkpoints every train.checkpoint_every steps, resumes by default (train.resume=auto), "
-        "and writes <run_dir>/weights.safetensors at the end. On a cluster use `trajtok submit train`.",
+        "and writes <run_dir>/weights.safetensors at the end. train.dry_run=true prints what the job would "
+        "build (parameters, GFLOPs, memory per rank, each rank's first shards, where output goes) and exits. "
+        "On a cluster use `trajtok submit train`.",
     )
     add_config_arguments(parser, config_required=True)
     parser.set_defaults(func=run)
@@ -33,4 +35,9 @@ def run(args: argparse.Namespace) -> int:
             f"launch.backend '{cfg.launch.backend}': `trajtok train` runs locally; use `trajtok submit train`"
         )
     check_job(cfg)
+    if cfg.train.dry_run:
+        from trajtok.train.plan import format_plan, job_plan
+
+        print(format_plan(job_plan(cfg, cfg.launch.nproc)))
+        return 0
     return run_local(ENTRY, cfg)

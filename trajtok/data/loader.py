@@ -25,6 +25,7 @@ one sample, which only a corrupt shard can cause.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -283,8 +284,23 @@ def build_loader(
     return loader, dataset
 
 
+@contextlib.contextmanager
+def open_batches(loader: DataLoader) -> Iterator[Iterator[dict]]:
+    """Iterate `loader`; its workers are stopped when the block ends, however it ends. They ignore SLURM's
+    TERM (`_leave_job_signals_to_the_trainer`), so the interpreter's exit, which stops daemonic children
+    with TERM, could not stop them; an endless loader is never exhausted, so torch would not either."""
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)  # what torch's own __del__ runs
+        if shutdown is not None:
+            shutdown()
+
+
 def _leave_job_signals_to_the_trainer(worker_id: int) -> None:
-    """Workers are forked with the trainer's handlers; SLURM's preemption and time-limit signal (USR2, sent
-    to every process of the step) must run the checkpoint-and-requeue handler once, in the trainer, not
-    again in each worker, where a second `scontrol requeue` fails and ends the job."""
-    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    """SLURM sends its preemption and time-limit signals (USR2, TERM) to every process of the step: the
+    trainer checkpoints and requeues once (`trajtok.train.preemption`); a worker goes on serving batches
+    until the trainer is done with them, and ends with it."""
+    for signum in (signal.SIGUSR2, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)

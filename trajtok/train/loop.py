@@ -4,20 +4,22 @@ Every rank runs this function; its place in the job comes from the environment t
 (`trajtok.distributed`). One step = `train.grad_accum` micro-batches through the DeepSpeed engine; the
 learning rate is a function of the step; logs, trajectory overlays and checkpoints happen every N steps.
 A resumed job (`train.resume=auto`, what a requeue uses) continues from its newest checkpoint with the
-same data order, the same RNG streams and the same MLflow run.
+same data order, the same RNG streams and the same MLflow run. A stop signal (SLURM's USR2 or TERM) ends
+a job after the step it is in, with a checkpoint of that step (`trajtok.train.preemption`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from trajtok.config import JobConfig, config_digest, save_config
-from trajtok.data.loader import build_loader, expand_shards
+from trajtok.data.loader import build_loader, expand_shards, open_batches
 from trajtok.data.normalise import normalise_frames
 from trajtok.distributed import init_process_group
 from trajtok.errors import RunDirectoryInUse
@@ -40,6 +42,7 @@ from trajtok.train.checkpoint import (
 from trajtok.train.checks import check_job
 from trajtok.train.engine import build_engine, compute_dtype, set_lr
 from trajtok.train.metrics import TrainMeter, format_line
+from trajtok.train.preemption import StopRequest
 from trajtok.train.validation import HeldOut
 from trajtok.train.warm_start import warm_start
 
@@ -120,61 +123,73 @@ def _train(cfg: JobConfig, rank: int, world_size: int, device: torch.device, log
     state.mlflow_run_id = tracker.run_id or ""
     tracker.log_dataset(expand_shards(cfg.data.shards), "train-shards")
 
+    stop = StopRequest()
     loader, dataset = build_loader(cfg, rank, world_size, start_batch=state.batches)
-    batches = iter(loader)
     tokenizer = build_tokenizer(cfg.model.text_tokenizer) if mode == "joint" else None
     matching = early_matching(engine.module)
     held_out = HeldOut(cfg, device, dtype)
     meter = TrainMeter(world_size, device)
     engine.train()
 
-    while state.step < cfg.train.steps:
-        lr = lr_at(state.step, cfg.train)
-        set_lr(engine, lr)
-        for _ in range(cfg.train.grad_accum):
-            with meter.waiting_for_data():
-                batch = next(batches)
-            state.batches += 1
-            frames = normalise_frames(batch["frames"], device, dtype)
-            if tokenizer is not None:
-                ids, mask = tokenizer.encode_batch(batch["captions"], cfg.model.text_max_len)
-                output = engine(frames, ids.to(device), mask.to(device))
-            else:
-                output = engine(frames)
-            # the labels stay on the host: the matching reads them there, queued behind the forward
-            targets = matching.targets(batch["labels"]) if matching is not None else None
-            parts = total_loss(output, batch["labels"], cfg.train.loss, mode, seg_targets=targets)
-            engine.backward(parts["loss"])
-            engine.step()
-            meter.add(parts, output, batch)
-        state.step += 1
-        state.epoch = state.batches // dataset.batches_per_epoch
-        last = state.step == cfg.train.steps
+    stopped_by = 0  # the stop signal the ranks agreed on, if one came
+    with stop, open_batches(loader) as batches:
+        while state.step < cfg.train.steps:
+            lr = lr_at(state.step, cfg.train)
+            set_lr(engine, lr)
+            for _ in range(cfg.train.grad_accum):
+                with meter.waiting_for_data():
+                    batch = next(batches)
+                state.batches += 1
+                frames = normalise_frames(batch["frames"], device, dtype)
+                if tokenizer is not None:
+                    ids, mask = tokenizer.encode_batch(batch["captions"], cfg.model.text_max_len)
+                    output = engine(frames, ids.to(device), mask.to(device))
+                else:
+                    output = engine(frames)
+                # the labels stay on the host: the matching reads them there, queued behind the forward
+                targets = matching.targets(batch["labels"]) if matching is not None else None
+                parts = total_loss(output, batch["labels"], cfg.train.loss, mode, seg_targets=targets)
+                engine.backward(parts["loss"])
+                engine.step()
+                meter.add(parts, output, batch)
+            state.step += 1
+            state.epoch = state.batches // dataset.batches_per_epoch
+            last = state.step == cfg.train.steps
 
-        if state.step % cfg.train.log_every == 0 or last:
-            metrics = meter.flush()
-            metrics.update(lr=lr, epoch=state.epoch)
-            if output.logit_scale is not None:
-                metrics["temperature"] = 1.0 / output.logit_scale.float().item()
-            if rank == 0:
-                log.info(format_line(state.step, cfg.train.steps, lr, metrics.get("temperature"), metrics))
-            tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=state.step)
-        every = cfg.train.overlay_every
-        if matching is not None and (last or (every and state.step % every == 0)):  # the model segments
-            held_out.fix_clips(batch)
-            picture = held_out.picture(engine.module)  # on every rank: a ZeRO-3 forward takes them all
-            if rank == 0 and picture is not None:
-                tracker.log_image(picture, "train/trajectories", state.step)
-        every = cfg.train.eval_every
-        if every and (last or state.step % every == 0):
-            metrics = held_out.validate(engine.module, state.step)
-            if rank == 0:
-                log.info("step %d held-out: %s", state.step, _short(metrics))
-            tracker.log_metrics(metrics, step=state.step)
-        if state.step % cfg.train.checkpoint_every == 0 or last:
-            save_checkpoint(engine, cfg.run_dir, state, cfg.train.keep_checkpoints)
-            if log_file is not None:  # a job killed later still leaves its log in the run
-                tracker.log_artifact(log_file)
+            if state.step % cfg.train.log_every == 0 or last:
+                metrics = meter.flush()
+                metrics.update(lr=lr, epoch=state.epoch)
+                if output.logit_scale is not None:
+                    metrics["temperature"] = 1.0 / output.logit_scale.float().item()
+                if rank == 0:
+                    temperature = metrics.get("temperature")
+                    log.info(format_line(state.step, cfg.train.steps, lr, temperature, metrics))
+                tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=state.step)
+            every = cfg.train.overlay_every
+            if matching is not None and (last or (every and state.step % every == 0)):  # the model segments
+                held_out.fix_clips(batch)
+                picture = held_out.picture(engine.module)  # on every rank: a ZeRO-3 forward takes them all
+                if rank == 0 and picture is not None:
+                    tracker.log_image(picture, "train/trajectories", state.step)
+            every = cfg.train.eval_every
+            if every and (last or state.step % every == 0):
+                metrics = held_out.validate(engine.module, state.step)
+                if rank == 0:
+                    log.info("step %d held-out: %s", state.step, _short(metrics))
+                tracker.log_metrics(metrics, step=state.step)
+            stop_signal = stop.agreed(device)
+            if state.step % cfg.train.checkpoint_every == 0 or last or stop_signal:
+                save_checkpoint(engine, cfg.run_dir, state, cfg.train.keep_checkpoints)
+                if log_file is not None:  # a job killed later still leaves its log in the run
+                    tracker.log_artifact(log_file)
+            if stop_signal and not last:
+                stopped_by = stop_signal
+                break
+    if stopped_by:
+        name = signal.Signals(stopped_by).name
+        log.warning("%s: stopped at step %d with its checkpoint", name, state.step)
+        stop.hand_on(stopped_by)  # rank 0 under submitit requeues the job and exits here
+        return 0
 
     if rank == 0:
         final = resolve_resume("auto", cfg.run_dir)
