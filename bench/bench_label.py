@@ -42,14 +42,16 @@ from common import REPO_ROOT, report, run_record, script_main  # noqa: E402
 
 from pseudolabel.base import Labeler, build_labeler  # noqa: E402
 from pseudolabel.classical import FLOWS, SUPERPIXELS  # noqa: E402
+from trajtok.config import ClipConfig  # noqa: E402
+from trajtok.data.clips import read_window  # noqa: E402
 from trajtok.data.encode import encode_video  # noqa: E402
-from trajtok.data.labels import resize_frames, short_side_size  # noqa: E402
 from trajtok.data.synth import GENERATORS, generate_clip  # noqa: E402
-from trajtok.data.video import load_clip, open_video  # noqa: E402
+from trajtok.data.video import open_video  # noqa: E402
 from trajtok.eval.segmentation import evaluate_segmentation, mean_scores  # noqa: E402
 from trajtok.viz import overlay_frames, tile, write_png  # noqa: E402
 
 VIDEOS = REPO_ROOT.parent / "shared" / "data" / "videos"
+REAL_CLIP = ClipConfig(frames=16, size=224, sampling="middle")  # bin centres at 224, cut as shards cut
 REAL = (("vtest.avi", 8.0), ("tree.avi", None))  # (file, clip end in seconds): tree.avi has 4.5 s of frames
 DEVELOPMENT_SEEDS = 1000
 TARGETS = {  # score -> (bound, "min" or "max")
@@ -123,8 +125,7 @@ def decode_seconds(clips: list) -> dict:
         from_mp4 = (time.perf_counter() - started) / len(blobs)
         started = time.perf_counter()
         for _ in range(3):
-            frames, _, _ = load_clip(VIDEOS / "vtest.avi", 16, "middle")
-            resize_frames(frames, short_side_size(*frames.shape[1:3], 224, multiple=2))
+            read_window(str(VIDEOS / "vtest.avi"), REAL_CLIP)
         from_avi = (time.perf_counter() - started) / 3
     return {"mp4_clip": from_mp4, "vtest_avi_16_frames_224": from_avi}
 
@@ -168,8 +169,8 @@ def memory(name: str, params: dict, frames: np.ndarray) -> dict:
 def real_videos(labeler: Labeler, picture: Path | None) -> list[dict]:
     rows, strips = [], []
     for name, end in REAL:
-        frames, times, _ = load_clip(VIDEOS / name, 16, "middle", None, end)
-        frames = resize_frames(frames, short_side_size(*frames.shape[1:3], 224, multiple=2))
+        clip = read_window(str(VIDEOS / name), REAL_CLIP, end=end)
+        frames, times = clip.frames, clip.timestamps
         started = time.process_time()
         result = labeler.label(frames, times)
         cpu = time.process_time() - started

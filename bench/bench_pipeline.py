@@ -38,13 +38,13 @@ import numpy as np
 import ray
 import torch
 
-from pipeline.clips import read_clips
 from pipeline.job import row_fingerprint, run_shard_job
 from pipeline.outputs import STATS_SUFFIX
 from pipeline.plan import plan_shards
 from pipeline.worker import clip_sample
 from pseudolabel.base import labeler_from_config
 from trajtok.config import JobConfig, load_config
+from trajtok.data.clips import read_clips
 from trajtok.data.encode import encode_video
 from trajtok.data.labels import resize_frames, short_side_size
 from trajtok.data.manifest import read_manifest

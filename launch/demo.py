@@ -112,7 +112,7 @@ def label_real_videos(cfg: JobConfig, out: Path) -> list[Path]:
     """Label a few seconds of each real video with the configured labeler and save its overlay picture."""
     from launch.commands.label import window_seconds
     from pseudolabel.base import labeler_from_config
-    from trajtok.data.video import load_clip
+    from trajtok.data.clips import read_window
     from trajtok.viz import overlay_grid, write_png
 
     folder = Path(cfg.demo.real_videos) if cfg.demo.real_videos else SHARED_VIDEOS
@@ -126,13 +126,12 @@ def label_real_videos(cfg: JobConfig, out: Path) -> list[Path]:
     pictures = []
     for video in videos:
         try:
-            frames, timestamps, _ = load_clip(
-                str(video), cfg.clip.frames, mode="middle", window_seconds=window_seconds(cfg.clip)
-            )
+            clip = read_window(str(video), cfg.clip, seconds=window_seconds(cfg.clip))
         except TrajTokError as err:
             print(f"{video.name}: skipped: {err}")
             continue
-        result = labeler.label(frames, timestamps, str(video))
+        frames = clip.frames
+        result = labeler.label(frames, clip.timestamps, str(video))
         picture = write_png(out / "pictures" / f"{video.stem}.png", overlay_grid(frames, result.labels))
         print(f"{video.name}: {result.num_trajectories} trajectories over {len(frames)} frames -> {picture}")
         pictures.append(picture)

@@ -24,12 +24,12 @@ import torch
 from webdataset import TarWriter
 
 from pipeline.accounting import FAILED, SKIPPED, WRITTEN, RowOutcome, ShardStats
-from pipeline.clips import Clip, read_clips
 from pipeline.dispatch import WorkerStatus
 from pipeline.outputs import STATS_SUFFIX, TAR_SUFFIX, OutputDir
 from pipeline.plan import ShardPlan
 from pseudolabel.base import Labeler, labeler_from_config
 from trajtok.config import JobConfig
+from trajtok.data.clips import Clip, read_clips
 from trajtok.data.manifest import ManifestRow
 from trajtok.data.sample import build_sample
 from trajtok.errors import TrajTokError, VideoDecodeError

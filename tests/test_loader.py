@@ -13,7 +13,7 @@ import torch
 import webdataset as wds
 
 from trajtok.config import JobConfig, load_config
-from trajtok.data.loader import ClipBatches, build_loader, expand_shards, shard_sequence
+from trajtok.data.loader import ClipBatches, ReadOrder, build_loader, expand_shards, shard_sequence
 from trajtok.errors import ConfigError
 
 
@@ -32,8 +32,15 @@ def _cfg(shards: str, *overrides: str) -> JobConfig:
     )
 
 
-def _batches(cfg: JobConfig, rank: int = 0, world_size: int = 1, n: int = 4, start: int = 0) -> list[dict]:
-    loader, _ = build_loader(cfg, rank, world_size, start_batch=start)
+def _batches(
+    cfg: JobConfig,
+    rank: int = 0,
+    world_size: int = 1,
+    n: int = 4,
+    start: int = 0,
+    order: ReadOrder | None = None,
+) -> list[dict]:
+    loader, _ = build_loader(cfg, rank, world_size, start_batch=start, order=order)
     return list(islice(loader, n))
 
 
@@ -51,19 +58,19 @@ def test_expand_shards_braces_lists_and_globs(tmp_path: Path):
 
 def test_no_two_readers_share_a_shard_sequence():
     urls = [f"shard-{i:02d}.tar" for i in range(8)]
-    readers = [(rank, worker) for rank in range(2) for worker in range(2)]
+    readers = range(4)
 
-    def sequence(rank: int, worker: int, epoch: int = 0, shards=urls) -> list[str]:
-        return list(islice(shard_sequence(shards, 7, epoch, rank, 2, worker, 2), 6))
+    def sequence(reader: int, epoch: int = 0, shards=urls) -> list[str]:
+        return list(islice(shard_sequence(shards, 7, epoch, reader, len(readers)), 6))
 
-    sequences = {reader: sequence(*reader) for reader in readers}
+    sequences = {reader: sequence(reader) for reader in readers}
     assert len({tuple(s) for s in sequences.values()}) == len(readers)
     first_round = [url for s in sequences.values() for url in s[:2]]
     assert sorted(first_round) == urls  # a round deals every shard to exactly one reader
-    assert sequences == {reader: sequence(*reader) for reader in readers}  # deterministic
-    assert sequences[(0, 0)] != sequence(0, 0, epoch=1)
+    assert sequences == {reader: sequence(reader) for reader in readers}  # deterministic
+    assert sequences[0] != sequence(0, epoch=1)
     few = urls[:3]  # fewer shards than readers: each reader draws on its own seed
-    assert len({tuple(sequence(*reader, shards=few)) for reader in readers}) == len(readers)
+    assert len({tuple(sequence(reader, shards=few)) for reader in readers}) == len(readers)
 
 
 def test_batches_have_the_contract_shapes(synthetic_shards):
@@ -80,8 +87,8 @@ def test_an_epoch_reads_every_sample_once_across_ranks_and_workers(synthetic_sha
     per_rank = [_batches(cfg, rank, 2, n=4) for rank in range(2)]  # 32 samples / (2 ranks x 4) = 4 batches
     keys = [key for batches in per_rank for batch in batches for key in batch["keys"]]
     assert len(keys) == 32 and len(set(keys)) == 32
-    readers = {(rank, b["worker"]) for rank, batches in enumerate(per_rank) for b in batches}
-    assert len(readers) == 4 and all(b["epoch"] == 0 for batches in per_rank for b in batches)
+    groups = {(rank, b["phase"]) for rank, batches in enumerate(per_rank) for b in batches}
+    assert len(groups) == 4 and all(b["epoch"] == 0 for batches in per_rank for b in batches)
 
 
 def test_same_seed_same_batches_other_seed_other_order(synthetic_shards):
@@ -101,6 +108,24 @@ def test_resume_position_continues_the_same_stream(synthetic_shards):
     assert [b["epoch"] for b in whole] == [0, 0, 0, 0, 1, 1, 1]
     for a, b in zip(whole[5:], resumed):
         assert a["keys"] == b["keys"] and torch.equal(a["frames"], b["frames"])
+
+
+@pytest.mark.parametrize("start", [0, 3])
+def test_the_global_batches_do_not_depend_on_the_number_of_ranks(synthetic_shards, start: int):
+    """What an elastic resume relies on: 2 ranks of 4 and 1 rank of 8 read the same samples in each step,
+    decoded and augmented alike, from the start and from a resume position."""
+    order = ReadOrder(phases=2, readers_per_step=2, global_batch=8)
+    cfg = _cfg(synthetic_shards.pattern, "data.samples_per_epoch=64")
+    ranks = [_batches(cfg, rank, 2, n=5, start=start) for rank in range(2)]
+    one = _batches(_cfg(synthetic_shards.pattern, "data.samples_per_epoch=64", "train.batch_size=8"),
+                   n=5, start=start, order=order)  # fmt: skip
+    for step, batch in enumerate(one):
+        assert batch["keys"] == ranks[0][step]["keys"] + ranks[1][step]["keys"], step
+        assert torch.equal(batch["frames"], torch.cat([ranks[0][step]["frames"], ranks[1][step]["frames"]]))
+    with pytest.raises(ConfigError, match="train.batch_size=8"):
+        ClipBatches(cfg, 0, 1, order=order)  # a resume must keep the global batch
+    with pytest.raises(ConfigError, match="readers_per_step 2: needs to be a multiple of the 4"):
+        ClipBatches(_cfg(synthetic_shards.pattern, "train.batch_size=2"), 0, 4, order=order)
 
 
 def test_images_and_videos_mix_by_ratio(synthetic_shards):

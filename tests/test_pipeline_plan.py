@@ -12,15 +12,15 @@ import pytest
 from launch.commands._common import expand_aliases
 from launch.commands.shard import ALIASES
 from pipeline.accounting import FAILED, SKIPPED, WRITTEN, RowOutcome, ShardStats, summarize
-from pipeline.clips import TooShort, clip_windows, read_clips
 from pipeline.job import check_config, resume_state, settings_digest
 from pipeline.outputs import OutputDir
 from pipeline.plan import plan_shards, rows_per_shard
 from pipeline.worker import skip_reason
 from trajtok.config import ClipConfig, load_config
+from trajtok.data.clips import clip_windows, read_clips
 from trajtok.data.encode import write_video
 from trajtok.data.manifest import read_manifest
-from trajtok.errors import ConfigError, DecodeTimeout, NoVideoStream, VideoDecodeError
+from trajtok.errors import ConfigError, DecodeTimeout, NoVideoStream, TooShort, VideoDecodeError
 
 
 def _manifest(tmp_path: Path, n: int) -> Path:

@@ -9,8 +9,10 @@ import pytest
 from PIL import Image
 
 from launch.cli import main
-from trajtok.data.labels import load_labels, resize_frames, short_side_size
-from trajtok.data.video import labelling_window, load_clip, open_video
+from trajtok.config import ClipConfig
+from trajtok.data.clips import read_clips, read_window
+from trajtok.data.labels import load_labels
+from trajtok.data.video import labelling_window, open_video
 from trajtok.viz import overlay_grid, trajectory_colours
 
 
@@ -21,9 +23,20 @@ def labelled(shared_videos, tmp_path_factory):
     video = shared_videos / "vtest.avi"
     args = ["clip.frames=6", "clip.size=96", "--out", str(out), "--start", "0", "--end", "6"]
     assert main(["label", str(video), *args]) == 0
-    frames, _, _ = load_clip(video, 6, "middle", None, 6.0)
-    frames = resize_frames(frames, short_side_size(*frames.shape[1:3], 96, multiple=2))
+    frames = read_window(str(video), ClipConfig(frames=6, size=96), 0.0, 6.0).frames
     return out, frames
+
+
+def test_label_cuts_what_shard_writes(shared_videos):
+    """One cut for every command: the clip `trajtok label` shows for a window is the clip `trajtok shard`
+    writes for a manifest row with that window (same frames, same sampling seed, same size)."""
+    clip = ClipConfig(frames=6, size=96, sampling="random")
+    video = str(shared_videos / "vtest.avi")
+    shown = read_window(video, clip, 2.0, 6.0)
+    (written,) = read_clips(video, 2.0, 6.0, clip, timeout=60)
+    assert shown.key == written.key
+    np.testing.assert_array_equal(shown.frames, written.frames)
+    np.testing.assert_array_equal(shown.timestamps, written.timestamps)
 
 
 def test_label_writes_map_record_and_pictures(labelled, capsys):

@@ -249,6 +249,58 @@ def test_killed_run_resumes_on_the_same_curve_and_mlflow_run(
             assert torch.allclose(a.get_tensor(key), b.get_tensor(key), rtol=1e-4, atol=1e-6), key
 
 
+def _kill_after_checkpoint(overrides: list[str], run_dir: Path, step: int) -> None:
+    """Start `trajtok train`, and SIGKILL all of it once the step-`step` checkpoint is complete."""
+    job = subprocess.Popen(
+        [sys.executable, "-m", "launch.cli", "train", str(CONFIG), *overrides],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    marker = run_dir / "checkpoints" / f"step-{step:08d}" / "state.json"
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        assert job.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline, f"no step-{step} checkpoint in time"
+        time.sleep(0.05)
+    _kill_everything(job)
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
+def test_a_checkpoint_resumes_on_another_number_of_ranks(
+    reference_run: Path, pipeline_shards: str, tracking_db: Path, tmp_path: Path, before: int, after: int
+):
+    """Elastic resume: ZeRO-2 state through DeepSpeed's universal form, the same global batch of the same
+    samples (the run's read order), draws seeded by the step: the resumed steps repeat the uninterrupted
+    run's losses, in the same MLflow run."""
+    global_batch = 8
+    ranks = lambda n: [f"launch.nproc={n}", f"train.batch_size={global_batch // n}"]  # noqa: E731
+    same = ["train.zero_stage=2", "data.readers_per_step=2"]  # readers for 2 ranks, from the first start
+    if before == 2:  # the reference run is this job uninterrupted (2 ranks, one reader each)
+        reference = reference_run
+    else:
+        reference = tmp_path / "reference"
+        _train(*_overrides(pipeline_shards, reference, tracking_db, *same, *ranks(1)))
+    run_dir = tmp_path / "elastic"
+    _kill_after_checkpoint(
+        _overrides(pipeline_shards, run_dir, tracking_db, *same, *ranks(before)), run_dir, 8
+    )
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+
+    _train(*_overrides(pipeline_shards, run_dir, tracking_db, *same, *ranks(after)))
+
+    logged = (run_dir / "train.log").read_text()
+    assert (
+        f"resumed from {run_dir / 'checkpoints' / 'step-00000008'} at step 8 (saved on {before} ranks)"
+        in logged
+    )
+    assert (run_dir / "mlflow_run_id").read_text().strip() == run_id
+    expected, resumed = _history(tracking_db, reference), _history(tracking_db, run_dir)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    assert resumed[9] == pytest.approx(expected[9], abs=1e-3)  # the first resumed step (measured: 2.4e-7)
+    for step in range(10, STEPS + 1):  # and on: the reduction order differs, the arithmetic does not
+        assert resumed[step] == pytest.approx(expected[step], abs=1e-4), step
+
+
 def test_zero1_bf16_training_falls(pipeline_shards: str, tracking_db: Path, tmp_path: Path):
     run_dir = tmp_path / "zero1"
     _train(*_overrides(pipeline_shards, run_dir, tracking_db, "train.zero_stage=1", "train.precision=bf16"))

@@ -1,9 +1,9 @@
 """DeepSpeed training as a real SLURM job (the session's one-node cluster on loopback, see conftest).
 
 A 2-task job killed after its first checkpoint and submitted again with the same command resumes from it
-in the same MLflow run (the run directory, not the job id, is the job's identity); a job preempted (USR2 or TERM) after
-its first checkpoint is requeued by submitit's `checkpoint()`, and its second attempt resumes from that
-checkpoint in the same MLflow run.
+in the same MLflow run (the run directory, not the job id, is the job's identity); a job preempted (USR2 or
+TERM) after its first checkpoint saves the step it is in, is requeued by submitit's `checkpoint()`, and its
+second attempt resumes from that step in the same MLflow run.
 """
 
 from __future__ import annotations

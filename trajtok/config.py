@@ -40,6 +40,8 @@ class DataConfig:
     shards: str = ""  # brace pattern or list separated by spaces: "out/shard-{000000..000007}.tar"
     eval_shards: str = ""
     num_workers: int = 2
+    readers_per_step: int = 0  # seeded readers per global batch; 0 = one per rank. A checkpoint resumes on
+    # any rank count dividing it (with the same global batch): set 64 to move between 1 and 64 ranks freely
     samples_per_epoch: int = 1024  # virtual epoch over resampled shards
     image_ratio: float = 0.0  # fraction of image (T=1) samples mixed into video batches
     shuffle_buffer: int = 256

@@ -49,6 +49,12 @@ class DecodeTimeout(VideoDecodeError):
     kind = "decode timeout"
 
 
+class TooShort(VideoDecodeError):
+    """The window cannot hold one clip of the configured length and frame count."""
+
+    kind = "too short"
+
+
 class ManifestError(TrajTokError):
     """A manifest cannot be read, or one of its rows is malformed (the message carries the line)."""
 

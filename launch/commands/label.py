@@ -31,9 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "label",
         help="pseudo-label one video; write the label map, a PNG grid and a GIF of its trajectories",
-        description="Sample clip.frames frames (bin centres) from --seconds of the middle of VIDEO, or from "
-        "[--start, --end) seconds, resize them to clip.size short side, label them with pseudolabel.name "
-        "and write to --out: "
+        description="Cut clip.frames frames from --seconds of the middle of VIDEO, or from [--start, --end) "
+        "seconds, exactly as `trajtok shard` cuts a clip (clip.sampling, seeded by the clip; clip.size short "
+        "side), label them with pseudolabel.name and write to --out: "
         "<stem>_labels.npz (uint16 (T, H, W), 0 = unlabeled), <stem>_labels.json (labeler, parameters, "
         "timestamps, trajectories), <stem>_overlay.png and <stem>_overlay.gif.",
     )
@@ -70,8 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pseudolabel.base import labeler_from_config
-    from trajtok.data.labels import resize_frames, save_labels, short_side_size
-    from trajtok.data.video import load_clip
+    from trajtok.data.clips import read_window
+    from trajtok.data.labels import save_labels
     from trajtok.viz import overlay_frames, overlay_grid, write_gif, write_png
 
     if args.start is not None and args.end is not None and args.end <= args.start:
@@ -83,15 +83,8 @@ def run(args: argparse.Namespace) -> int:
     labeler = labeler_from_config(cfg.pseudolabel)
 
     started = time.perf_counter()
-    frames, times, info = load_clip(
-        args.video,
-        cfg.clip.frames,
-        "middle",
-        args.start,
-        args.end,
-        window_seconds=window_seconds(cfg.clip, args.seconds),
-    )
-    frames = resize_frames(frames, short_side_size(*frames.shape[1:3], cfg.clip.size, multiple=2))
+    clip = read_window(args.video, cfg.clip, args.start, args.end, window_seconds(cfg.clip, args.seconds))
+    frames, times, info = clip.frames, clip.timestamps, clip.info
     decoded = time.perf_counter()
     result = labeler.label(frames, times, source=args.video)
     labelled = time.perf_counter()

@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
         raise LabelFormatError(f"{path}: no video recorded beside it; name it with --video")
     t = labels.shape[0]
     with open_video(video) as reader:
-        if "timestamps" in record and len(record["timestamps"]) == t:
-            frames = reader.read_at(np.asarray(record["timestamps"]))
+        if "timestamps" in record and len(record["timestamps"]) == t:  # as `trajtok label` cut them
+            frames = reader.read_frames(reader.index_at(np.asarray(record["timestamps"])), labels.shape[1:])
         elif reader.info.num_frames == t:
             frames = reader.read_frames(np.arange(t))
         else:

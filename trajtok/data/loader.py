@@ -1,26 +1,29 @@
 """The training loader: WebDataset shards -> augmented batches of clips, label maps and captions.
 
-How the data moves (each step is one function below):
+How the data moves (each step is one function or class below):
 - `expand_shards` (`trajtok.data.shard_urls`): brace patterns and globs -> shard URLs; any fsspec URL
   works (local, memory://, s3:// when the user installs the driver).
-- `shard_sequence`: each (rank, worker) reads its own endless, deterministic sequence of shards. Round r
-  shuffles the whole list with (seed, epoch, r) and deals it out, so within a round no shard is read twice;
-  with fewer shards than readers, each reader draws with its own seed instead. Shards are resampled, so a
+- `shard_sequence`: each reader reads its own endless, deterministic sequence of shards. Round r shuffles
+  the whole list with (seed, epoch, r) and deals it out, so within a round no shard is read twice; with
+  fewer shards than readers, each reader draws with its own seed instead. Shards are resampled, so a
   virtual epoch is `data.samples_per_epoch` samples, whatever the number of shards.
 - `read_shard`: tar members grouped into raw samples; a truncated or unreadable shard is logged, counted
   and left.
-- a seeded shuffle buffer per stream; videos and images (T = 1) come from separate streams and a batch is
-  all one kind (a batch must share T), chosen with probability `data.image_ratio`.
+- a seeded shuffle buffer per reader and kind; videos and images (T = 1) come from separate streams and a
+  batch is all one kind (a batch must share T), chosen with probability `data.image_ratio`, the same
+  draw on every rank.
 - decode from bytes (`trajtok.data.sample.decode_sample`) and augment (`trajtok.data.augment`) with an RNG
   seeded per sample, so skipping ahead (resume) needs no decoding. A sample that fails is logged,
   counted (`batch["skipped"]`, by reason) and replaced by the next one.
 
-Batches are built inside the workers (the DataLoader collates nothing), and the DataLoader returns them in
-a fixed round-robin order, so global batch n of a rank is batch n // W of reader n % W (a reader is the
-seeded stream a worker runs). That makes the data position one number, the batches consumed, and resume
-exact: a resumed loader's workers continue the readers' streams from there. (Skipping ahead reads only
-the JSON of the samples it passes; a sample that would have failed to decode there shifts the stream by
-one sample, which only a corrupt shard can cause.)
+The order (`ReadOrder`) is the run's, not the ranks': global step n is made by the readers of group
+n % phases, each giving global_batch / readers_per_step samples of its stream, and each rank takes its
+block of them. Batches are built inside the workers (the DataLoader collates nothing), a worker per group
+(or per several), and the DataLoader returns them in a fixed round-robin order. So the data position is
+one number, the global steps done, and a resume is exact, on the same ranks or on any number of them that
+divides readers_per_step (an elastic resume keeps the global batch). Skipping ahead reads only the JSON of
+the samples it passes; a sample that would have failed to decode there shifts its stream by one sample,
+which only a corrupt shard can cause.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_SKIPS = 1000  # a stream that yields nothing usable for this long is a configuration error
 
 
-def _seed(*parts: int | str) -> int:
+def stable_seed(*parts: int | str) -> int:
     """One integer seed from a tuple, stable across processes and Python runs (unlike `hash`)."""
     return int(np.random.SeedSequence([_as_int(p) for p in parts]).generate_state(1)[0])
 
@@ -60,19 +63,15 @@ def _as_int(part: int | str) -> int:
     return part if isinstance(part, int) else int.from_bytes(part.encode()[:8].ljust(8, b"\0"), "little")
 
 
-def shard_sequence(
-    urls: list[str], seed: int, epoch: int, rank: int, world_size: int, worker: int, num_workers: int
-) -> Iterator[str]:
-    """The endless shard order of one reader (rank, worker), the same every time for the same arguments."""
-    readers = world_size * num_workers
-    reader = rank * num_workers + worker
+def shard_sequence(urls: list[str], seed: int, epoch: int, reader: int, readers: int) -> Iterator[str]:
+    """The endless shard order of reader `reader` of `readers`, the same every time for the same arguments."""
     for round_index in count():
         if len(urls) >= readers:
             order = list(urls)
-            random.Random(_seed(seed, epoch, round_index)).shuffle(order)
+            random.Random(stable_seed(seed, epoch, round_index)).shuffle(order)
             yield from order[reader::readers]
         else:
-            yield random.Random(_seed(seed, epoch, round_index, reader)).choice(urls)
+            yield random.Random(stable_seed(seed, epoch, round_index, reader)).choice(urls)
 
 
 def read_shard(url: str, on_error) -> Iterator[dict]:
@@ -117,17 +116,75 @@ class StreamSpec:
     frames: int
 
 
+@dataclass(frozen=True)
+class ReadOrder:
+    """How a run's global sample order is laid out; fixed for the run (its checkpoints keep it).
+
+    Readers are seeded streams (`_Reader`); `readers_per_step` of them make each global batch, each giving
+    `global_batch / readers_per_step` samples, and the steps cycle over `phases` such groups (one loader
+    worker each). Nothing here depends on the number of ranks: rank r of M takes a contiguous block of
+    readers_per_step / M readers of every group, so a run resumed on any M that divides readers_per_step
+    (with the same global batch) reads the same samples in the same steps.
+    """
+
+    phases: int
+    readers_per_step: int
+    global_batch: int
+
+    @classmethod
+    def for_job(cls, cfg: JobConfig, world_size: int) -> ReadOrder:
+        """A new run's order: a group per loader worker, `data.readers_per_step` readers (default: one per
+        rank, which is the most ranks a resume can use; more readers allow more)."""
+        readers = cfg.data.readers_per_step or world_size
+        return cls(max(cfg.data.num_workers, 1), readers, world_size * cfg.train.batch_size)
+
+    @property
+    def readers(self) -> int:
+        return self.phases * self.readers_per_step
+
+    def check(self, world_size: int, batch_size: int) -> None:
+        """Refuse a rank count or batch size this order cannot serve (one line, what to set instead)."""
+        if world_size * batch_size != self.global_batch:
+            raise ConfigError(
+                f"train.batch_size {batch_size} on {world_size} rank(s) is a global batch of "
+                f"{world_size * batch_size}; this run's data order has {self.global_batch}: "
+                f"set train.batch_size={self.global_batch // world_size}"
+            )
+        if self.readers_per_step % world_size or self.global_batch % self.readers_per_step:
+            raise ConfigError(
+                f"data.readers_per_step {self.readers_per_step}: needs to be a multiple of the {world_size} "
+                f"rank(s) and to divide the global batch {self.global_batch}"
+            )
+
+
 class ClipBatches(IterableDataset):
     """Endless batches for one rank; see the module docstring for the order and the seeds."""
 
-    def __init__(self, cfg: JobConfig, rank: int, world_size: int, start_batch: int = 0, train: bool = True):
+    def __init__(
+        self,
+        cfg: JobConfig,
+        rank: int,
+        world_size: int,
+        start_batch: int = 0,
+        train: bool = True,
+        order: ReadOrder | None = None,
+    ):
         super().__init__()
         self.cfg = cfg
-        self.rank, self.world_size = rank, world_size
         self.start_batch = start_batch
         self.train = train
-        self.num_workers = max(cfg.data.num_workers, 1)
-        self.batch_size = cfg.train.batch_size
+        self.order = order or ReadOrder.for_job(cfg, world_size)
+        self.order.check(world_size, cfg.train.batch_size)
+        phases = self.order.phases
+        # workers that split the groups evenly; 0 reads in this process, as data.num_workers=0 asks
+        self.num_workers = (
+            max(w for w in range(1, min(cfg.data.num_workers, phases) + 1) if phases % w == 0)
+            if cfg.data.num_workers > 0
+            else 0
+        )
+        per_rank = self.order.readers_per_step // world_size
+        self.owned = range(rank * per_rank, (rank + 1) * per_rank)  # of each group's readers
+        self.per_reader = self.order.global_batch // self.order.readers_per_step
         self.augment = AugmentParams.from_config(cfg.data)
         video_urls = expand_shards(cfg.data.shards)
         if not video_urls:
@@ -138,64 +195,92 @@ class ClipBatches(IterableDataset):
             if not image_urls:
                 raise ConfigError(f"data.image_shards: '{cfg.data.image_shards}' names no shard")
             self.streams["image"] = StreamSpec("image", image_urls, 1)
-        per_reader = cfg.data.samples_per_epoch // (world_size * self.num_workers * self.batch_size)
-        self.batches_per_worker = max(per_reader, 1)
+        per_group = cfg.data.samples_per_epoch // (phases * self.order.global_batch)
+        self.steps_per_group = max(per_group, 1)
 
     @property
     def batches_per_epoch(self) -> int:
-        """Batches one rank draws in a virtual epoch."""
-        return self.batches_per_worker * self.num_workers
+        """Batches (global steps) in a virtual epoch."""
+        return self.steps_per_group * self.order.phases
+
+    def readers_of(self, phase: int) -> list[int]:
+        """The global ids of this rank's readers in group `phase`."""
+        return [phase * self.order.readers_per_step + q for q in self.owned]
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        # Global batch n of a rank is batch n // W of reader n % W. The DataLoader asks its workers in
-        # turn from worker 0, so after a resume at batch s, worker w continues reader (s + w) % W.
-        reader, first = (
-            (self.start_batch + worker) % self.num_workers,
-            (self.start_batch + worker) // self.num_workers,
-        )
-        first_epoch, skip = divmod(first, self.batches_per_worker)
-        for epoch in count(first_epoch):
-            yield from _WorkerEpoch(self, reader, epoch).batches(skip)
-            skip = 0
+        workers = max(self.num_workers, 1)
+        # The DataLoader asks its workers in turn from worker 0, so global step start + j comes from worker
+        # j % workers: this worker makes steps start + worker, + workers, ... (their groups cycle with them).
+        groups: dict[int, _GroupEpoch] = {}
+        for j in count():
+            step = self.start_batch + worker + j * workers
+            phase, group_step = step % self.order.phases, step // self.order.phases
+            epoch, index = divmod(group_step, self.steps_per_group)
+            group = groups.get(phase)
+            if group is None or group.epoch != epoch:
+                group = groups[phase] = _GroupEpoch(self, phase, epoch)
+            while group.index < index:  # a resume: pass the steps done, reading only the samples' JSON
+                group.next_batch(decode=False)
+            yield group.next_batch(decode=True)
 
 
-class _WorkerEpoch:
-    """The batches of one worker in one epoch: its streams, its RNGs and its skip counters."""
+class _GroupEpoch:
+    """This rank's readers of one group in one epoch, and the kind (video or image) of each of its steps."""
 
-    def __init__(self, dataset: ClipBatches, worker: int, epoch: int):
+    def __init__(self, dataset: ClipBatches, phase: int, epoch: int):
+        self.ds, self.phase, self.epoch = dataset, phase, epoch
+        self.index = 0
+        self.readers = [_Reader(dataset, reader, epoch) for reader in dataset.readers_of(phase)]
+        self.kind_rng = random.Random(stable_seed(dataset.cfg.seed, epoch, phase, "kind"))  # all ranks alike
+
+    def next_batch(self, decode: bool) -> dict | None:
+        kind = "image" if self.kind_rng.random() < self.ds.cfg.data.image_ratio else "video"
+        items = [r.next_item(kind, decode) for r in self.readers for _ in range(self.ds.per_reader)]
+        self.index += 1
+        if not decode:
+            return None
+        skipped: Counter[str] = Counter()
+        for reader in self.readers:
+            skipped += reader.skipped
+            reader.skipped = Counter()
+        return {
+            "frames": torch.from_numpy(np.stack([it["frames"] for it in items])).permute(0, 1, 4, 2, 3),
+            "labels": torch.from_numpy(np.stack([it["labels"] for it in items]).astype(np.int64)),
+            "captions": [it["caption"] for it in items],
+            "keys": [it["key"] for it in items],
+            "kind": kind,
+            "epoch": self.epoch,
+            "phase": self.phase,
+            "skipped": dict(skipped),
+        }
+
+
+class _Reader:
+    """One seeded stream of samples in one epoch: its shards, its shuffle buffer, its skip counters."""
+
+    def __init__(self, dataset: ClipBatches, reader: int, epoch: int):
         self.ds = dataset
-        self.worker, self.epoch = worker, epoch
-        self.reader = (dataset.cfg.seed, epoch, dataset.rank, worker)
+        self.key = (dataset.cfg.seed, epoch, reader)
         self.skipped: Counter[str] = Counter()
         self.consecutive_skips = 0
         self.sample_index = 0
-        self.samples = {kind: self._stream(spec) for kind, spec in dataset.streams.items()}
-        self.kind_rng = random.Random(_seed(*self.reader, "kind"))
+        readers = dataset.order.readers
+        self.samples = {}
+        for kind, spec in dataset.streams.items():
+            urls = shard_sequence(spec.urls, dataset.cfg.seed, epoch, reader, readers)
+            raw = (sample for url in urls for sample in read_shard(url, self._shard_error))
+            buffer = random.Random(stable_seed(*self.key, kind))
+            self.samples[kind] = shuffled(raw, dataset.cfg.data.shuffle_buffer, buffer)
 
-    def _stream(self, spec: StreamSpec) -> Iterator[dict]:
-        ds = self.ds
-        urls = shard_sequence(
-            spec.urls, ds.cfg.seed, self.epoch, ds.rank, ds.world_size, self.worker, ds.num_workers
-        )
-        raw = (sample for url in urls for sample in read_shard(url, self._shard_error))
-        return shuffled(raw, ds.cfg.data.shuffle_buffer, random.Random(_seed(*self.reader, spec.kind)))
-
-    def batches(self, skip: int) -> Iterator[dict]:
-        for index in range(self.ds.batches_per_worker):
-            kind = "image" if self.kind_rng.random() < self.ds.cfg.data.image_ratio else "video"
-            items = [self._next_item(kind, decode=index >= skip) for _ in range(self.ds.batch_size)]
-            if index >= skip:
-                yield self._collate(kind, items)
-
-    def _next_item(self, kind: str, decode: bool) -> dict | None:
+    def next_item(self, kind: str, decode: bool) -> dict | None:
         """The next usable sample of `kind`, prepared (or only located, when skipping ahead)."""
         spec = self.ds.streams[kind]
         while True:
             raw = next(self.samples[kind])
             self.sample_index += 1
-            rng = np.random.default_rng([*self.reader, self.sample_index])
+            rng = np.random.default_rng([*self.key, self.sample_index])
             try:
                 meta = json.loads(raw["json"])
                 if (int(meta["frame_count"]) == 1) != (kind == "image"):
@@ -222,19 +307,6 @@ class _WorkerEpoch:
                 f"data.shards: {self.consecutive_skips} samples in a row were unusable for the "
                 f"{self.ds.cfg.clip.frames}-frame config (counts: {dict(self.skipped)}) {reason}".rstrip()
             )
-
-    def _collate(self, kind: str, items: list[dict]) -> dict:
-        skipped, self.skipped = self.skipped, Counter()
-        return {
-            "frames": torch.from_numpy(np.stack([it["frames"] for it in items])).permute(0, 1, 4, 2, 3),
-            "labels": torch.from_numpy(np.stack([it["labels"] for it in items]).astype(np.int64)),
-            "captions": [it["caption"] for it in items],
-            "keys": [it["key"] for it in items],
-            "kind": kind,
-            "epoch": self.epoch,
-            "worker": self.worker,
-            "skipped": dict(skipped),
-        }
 
 
 def _prepare(
@@ -267,16 +339,22 @@ def _prepare(
 
 
 def build_loader(
-    cfg: JobConfig, rank: int, world_size: int, start_batch: int = 0, train: bool = True
+    cfg: JobConfig,
+    rank: int,
+    world_size: int,
+    start_batch: int = 0,
+    train: bool = True,
+    order: ReadOrder | None = None,
 ) -> tuple[DataLoader, ClipBatches]:
-    """The DataLoader for one rank, starting at its `start_batch`-th batch (the resume position)."""
-    dataset = ClipBatches(cfg, rank, world_size, start_batch=start_batch, train=train)
+    """The DataLoader for one rank, starting at global step `start_batch` (the resume position) of the run's
+    read `order` (a new run's by default)."""
+    dataset = ClipBatches(cfg, rank, world_size, start_batch=start_batch, train=train, order=order)
     loader = DataLoader(
         dataset,
         batch_size=None,
-        num_workers=cfg.data.num_workers,
+        num_workers=dataset.num_workers,
         pin_memory=torch.cuda.is_available(),
-        prefetch_factor=2 if cfg.data.num_workers > 0 else None,
+        prefetch_factor=2 if dataset.num_workers > 0 else None,
         persistent_workers=False,
         generator=torch.Generator().manual_seed(cfg.seed),  # leaves the global RNG to the model: exact resume
         worker_init_fn=_leave_job_signals_to_the_trainer,

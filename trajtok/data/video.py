@@ -653,14 +653,10 @@ def load_clip(
     rng: np.random.Generator | int | None = None,
     *,
     timeout: float | None = DECODE_TIMEOUT,
-    window_seconds: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, VideoInfo]:
-    """Open, sample one clip, close: (frames (T, H, W, 3) uint8, timestamps (T,) seconds, info).
-
-    `window_seconds > 0` fills in the ends of [start, end) not given (see `labelling_window`).
-    """
+    """Open, sample `num_frames` frames at the video's size, close: (frames (T, H, W, 3) uint8, timestamps
+    (T,) seconds, info). A reader's primitive; the commands cut clips with `trajtok.data.clips`."""
     with open_video(source, timeout=timeout) as video:
-        start, end = labelling_window(video.info.duration, window_seconds, start, end)
         frames, times = video.sample_clip(num_frames, mode, start, end, rng)
         return frames, times, video.info
 

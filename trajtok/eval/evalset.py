@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from trajtok.config import ClipConfig
 from trajtok.data.augment import center_clip
+from trajtok.data.clips import cut_clip
 from trajtok.data.labels import load_labels
 from trajtok.data.loader import expand_shards
 from trajtok.data.manifest import ManifestRow, read_manifest
@@ -107,8 +108,8 @@ class EvalClips(Dataset):
     """Decoded clips of an evaluation set: `{"frames": (T, 3, S, S) uint8}` plus `"labels"` (T, S/4, S/4)
     int64 when `with_labels` (segmentation quality)."""
 
-    def __init__(self, items: list[EvalItem], clip: ClipConfig, with_labels: bool = False, seed: int = 0):
-        self.items, self.clip, self.with_labels, self.seed = items, clip, with_labels, seed
+    def __init__(self, items: list[EvalItem], clip: ClipConfig, with_labels: bool = False):
+        self.items, self.clip, self.with_labels = items, clip, with_labels
 
     def __len__(self) -> int:
         return len(self.items)
@@ -118,18 +119,21 @@ class EvalClips(Dataset):
         if isinstance(item.source, ShardSample):
             frames, labels = self._from_shard(item.source)
         else:
-            frames, labels = self._from_video(item.source, index)
+            frames, labels = self._from_video(item.source)
         frames, labels = center_clip(frames, labels, self.clip.size)
         out = {"frames": torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)}
         if self.with_labels:
             out["labels"] = torch.from_numpy(labels.astype(np.int64))
         return out
 
-    def _from_video(self, row: ManifestRow, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        rng = np.random.default_rng([self.seed, index])  # for "random" sampling: the same on every rank
+    def _from_video(self, row: ManifestRow) -> tuple[np.ndarray, np.ndarray | None]:
         with open_video(row.path, name=row.video) as video:
-            frames, times = video.sample_clip(self.clip.frames, self.clip.sampling, row.start, row.end, rng)
-            indices = video.index_at(times)
+            info = video.info
+            start, end = row.start or 0.0, info.duration if row.end is None else row.end
+            # cut as a shard's clip is (same frames, seeded by the clip), at the video's size: the label
+            # maps are; `center_clip` brings both to clip.size
+            clip = cut_clip(video, row.path, 0, start, end, self.clip, size=(info.height, info.width))
+            frames, indices = clip.frames, video.index_at(clip.timestamps)
         if not self.with_labels:
             return frames, None
         if GT_COLUMN not in row.extra:

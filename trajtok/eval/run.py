@@ -99,7 +99,7 @@ class Evaluation:
         return self._loaded[1] if self._loaded else {}
 
     def clips(self, items: list[EvalItem], with_labels: bool = False) -> EvalClips:
-        return EvalClips(items, self.cfg.clip, with_labels=with_labels, seed=self.cfg.seed)
+        return EvalClips(items, self.cfg.clip, with_labels=with_labels)
 
     def compute(self, data: Any, compute: Callable[[Any], torch.Tensor], desc: str) -> np.ndarray:
         batch, workers = self.cfg.eval.batch_size, self.cfg.data.num_workers

@@ -11,13 +11,14 @@ draws the same random numbers as an uninterrupted one.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
 import logging
 import random
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
+UNIVERSAL_DIR = "universal"  # inside a checkpoint: its DeepSpeed universal form, made for an elastic resume
 
 
 @dataclass
@@ -48,6 +50,8 @@ class TrainState:
     mlflow_run_id: str = ""
     config_digest: str = ""  # of the whole resolved config
     model_digest: str = ""  # of model + clip: a checkpoint loads only into the same model
+    world_size: int = 0  # ranks that wrote it (0: written before elastic resume existed)
+    read_order: dict = field(default_factory=dict)  # the run's trajtok.data.loader.ReadOrder
 
 
 def checkpoint_name(step: int) -> str:
@@ -145,23 +149,60 @@ def _retain(root: Path, keep: int, newest: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def load_checkpoint(engine: deepspeed.DeepSpeedEngine, path: Path, model_digest: str) -> TrainState:
-    """Restore engine, optimizer and this rank's RNG from `path`; refuse a checkpoint of another model."""
+def read_state(path: Path, model_digest: str) -> TrainState:
+    """The training state a checkpoint was saved with; refuse a checkpoint of another model."""
     state = TrainState(**json.loads((path / STATE_FILE).read_text()))
     if state.model_digest and state.model_digest != model_digest:
         raise ConfigError(
             f"train.resume: {path} holds a different model or clip config than this job "
             f"(digest {state.model_digest} != {model_digest}); use train.resume=none to start afresh"
         )
-    loaded, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_lr_scheduler_states=False)
+    return state
+
+
+def needs_universal(state: TrainState, world_size: int, zero_stage: int) -> bool:
+    """Whether a checkpoint must go through DeepSpeed's universal form to load on `world_size` ranks:
+    its optimizer state is partitioned (ZeRO >= 1) over another number of ranks."""
+    return zero_stage > 0 and state.world_size not in (0, world_size)
+
+
+def make_universal(path: Path, rank: int) -> None:
+    """Rank 0 converts checkpoint `path` to DeepSpeed's universal form (fp32 weights and AdamW moments,
+    whole per parameter), once, in `path/universal`; every rank waits. Its chatter goes to the debug log."""
+    target = path / UNIVERSAL_DIR
+    if rank == 0 and not (target / STATE_FILE).is_file():
+        from deepspeed.checkpoint.ds_to_universal import main as to_universal
+
+        shutil.rmtree(target, ignore_errors=True)  # an earlier conversion that was cut short
+        args = argparse.Namespace(
+            input_folder=str(path), output_folder=str(target), num_extract_workers=1, num_merge_workers=1,
+            keep_temp_folder=False, strict=True, inject_missing_state=True,
+        )  # fmt: skip
+        chatter = io.StringIO()
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            to_universal(args)
+        log.debug("universal form of %s: %s", path, chatter.getvalue())
+        shutil.copy(path / STATE_FILE, target / STATE_FILE)  # its completion marker
+        log.info("converted %s to DeepSpeed's universal form for %s", path.name, target)
+    torch.distributed.barrier()
+
+
+def load_checkpoint(engine: deepspeed.DeepSpeedEngine, path: Path, universal: bool = False) -> None:
+    """Restore engine and optimizer from `path` (its universal form when `universal`), and this rank's RNG
+    when the checkpoint has it (a resume on other ranks starts them from seeds of the step instead)."""
+    tag = f"{path.name}/{UNIVERSAL_DIR}" if universal else path.name
+    quiet = logging.getLogger("DeepSpeed")  # warns, on every load of a universal form, that it has no MPU
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        loaded, _ = engine.load_checkpoint(str(path.parent), tag=tag, load_lr_scheduler_states=False)
+    finally:
+        quiet.setLevel(level)
     if loaded is None:
         raise ConfigError(f"train.resume: DeepSpeed could not load {path}")
     rng_file = path / f"rng-rank{engine.global_rank}.pt"
-    if rng_file.is_file():
+    if rng_file.is_file() and not universal:
         _set_rng_state(torch.load(rng_file, weights_only=False))
-    else:  # resumed on more ranks than were saved: the new ranks keep their fresh seeds
-        log.warning("%s has no RNG state for rank %d", path, engine.global_rank)
-    return state
 
 
 def _rng_state() -> dict:

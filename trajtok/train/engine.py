@@ -46,10 +46,12 @@ def bucket_elements(num_params: int) -> int:
     return int(min(max(num_params // 4, 2**20), 5e8))
 
 
-def deepspeed_config(train: TrainConfig, world_size: int, num_params: int) -> dict:
-    """The DeepSpeed JSON config for a run of `world_size` ranks on a model of `num_params` parameters."""
+def deepspeed_config(train: TrainConfig, world_size: int, num_params: int, universal: bool = False) -> dict:
+    """The DeepSpeed JSON config for a run of `world_size` ranks on a model of `num_params` parameters;
+    `universal`: it resumes from a checkpoint's universal form (`checkpoint.make_universal`)."""
     bucket = bucket_elements(num_params)
     return {
+        "checkpoint": {"load_universal": universal},
         "train_micro_batch_size_per_gpu": train.batch_size,
         "gradient_accumulation_steps": train.grad_accum,
         "train_batch_size": train.batch_size * train.grad_accum * world_size,
@@ -89,8 +91,11 @@ def scalars_as_vectors(model: nn.Module) -> None:
             param.data = param.data.reshape(1)
 
 
-def build_engine(model: nn.Module, train: TrainConfig, world_size: int) -> deepspeed.DeepSpeedEngine:
-    """Wrap `model` in a DeepSpeed engine with our AdamW (the process group must already exist)."""
+def build_engine(
+    model: nn.Module, train: TrainConfig, world_size: int, universal: bool = False
+) -> deepspeed.DeepSpeedEngine:
+    """Wrap `model` in a DeepSpeed engine with our AdamW (the process group must already exist); `universal`:
+    it will load a checkpoint's universal form (a resume on another number of ranks)."""
     on_gpu = torch.cuda.is_available()
     if not on_gpu:  # said, so that DeepSpeed does not warn that it had to guess
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -106,7 +111,7 @@ def build_engine(model: nn.Module, train: TrainConfig, world_size: int) -> deeps
     optimizer = torch.optim.AdamW(
         param_groups(model, train.weight_decay), lr=train.lr, betas=(0.9, 0.98), eps=1e-6, fused=on_gpu
     )
-    config = deepspeed_config(train, world_size, sum(p.numel() for p in model.parameters()))
+    config = deepspeed_config(train, world_size, sum(p.numel() for p in model.parameters()), universal)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     return engine
 

@@ -14,12 +14,13 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from trajtok.config import JobConfig, config_digest, save_config
-from trajtok.data.loader import build_loader, expand_shards, open_batches
+from trajtok.data.loader import ReadOrder, build_loader, expand_shards, open_batches, stable_seed
 from trajtok.data.normalise import normalise_frames
 from trajtok.distributed import init_process_group
 from trajtok.errors import RunDirectoryInUse
@@ -35,6 +36,9 @@ from trajtok.train.checkpoint import (
     TrainState,
     export_weights,
     load_checkpoint,
+    make_universal,
+    needs_universal,
+    read_state,
     resolve_resume,
     save_checkpoint,
     set_aside_earlier_run,
@@ -105,16 +109,29 @@ def _train(cfg: JobConfig, rank: int, world_size: int, device: torch.device, log
         started = warm_start(model, cfg.model.init)
         if rank == 0:
             log.info(started.describe())
-    engine = build_engine(model, cfg.train, world_size)
-    dtype = compute_dtype(cfg.train)
 
-    # resume: weights, optimizer, RNG and data position from the newest checkpoint (or the one named)
-    state = TrainState(config_digest=config_digest(cfg), model_digest=config_digest(cfg.model))
+    # resume: weights, optimizer, RNG and data position from the newest checkpoint (or the one named), on
+    # these ranks or on another number of them (through DeepSpeed's universal form, same data order)
+    state = TrainState(
+        config_digest=config_digest(cfg), model_digest=config_digest(cfg.model), world_size=world_size
+    )
     checkpoint = resolve_resume(cfg.train.resume, cfg.run_dir)
-    if checkpoint is not None:
-        saved = load_checkpoint(engine, checkpoint, state.model_digest)
+    saved = read_state(checkpoint, state.model_digest) if checkpoint is not None else None
+    order = (
+        ReadOrder(**saved.read_order) if saved and saved.read_order else ReadOrder.for_job(cfg, world_size)
+    )
+    order.check(world_size, cfg.train.batch_size)
+    state.read_order = asdict(order)
+    universal = saved is not None and needs_universal(saved, world_size, cfg.train.zero_stage)
+    if universal:
+        make_universal(checkpoint, rank)
+    engine = build_engine(model, cfg.train, world_size, universal)
+    dtype = compute_dtype(cfg.train)
+    if saved is not None:
+        load_checkpoint(engine, checkpoint, universal)
         state.step, state.batches, state.epoch = saved.step, saved.batches, saved.epoch
-        log.info("resumed from %s at step %d", checkpoint, state.step)
+        elastic = f" (saved on {saved.world_size} ranks)" if saved.world_size not in (0, world_size) else ""
+        log.info("resumed from %s at step %d%s", checkpoint, state.step, elastic)
         if saved.config_digest != state.config_digest:
             log.warning(
                 "the config differs from the one %s was saved with (see its run's config.yaml)", checkpoint
@@ -124,7 +141,7 @@ def _train(cfg: JobConfig, rank: int, world_size: int, device: torch.device, log
     tracker.log_dataset(expand_shards(cfg.data.shards), "train-shards")
 
     stop = StopRequest()
-    loader, dataset = build_loader(cfg, rank, world_size, start_batch=state.batches)
+    loader, dataset = build_loader(cfg, rank, world_size, start_batch=state.batches, order=order)
     tokenizer = build_tokenizer(cfg.model.text_tokenizer) if mode == "joint" else None
     matching = early_matching(engine.module)
     held_out = HeldOut(cfg, device, dtype)
@@ -136,10 +153,12 @@ def _train(cfg: JobConfig, rank: int, world_size: int, device: torch.device, log
         while state.step < cfg.train.steps:
             lr = lr_at(state.step, cfg.train)
             set_lr(engine, lr)
-            for _ in range(cfg.train.grad_accum):
+            for micro in range(cfg.train.grad_accum):
                 with meter.waiting_for_data():
                     batch = next(batches)
                 state.batches += 1
+                # the forward's draws (tokens per trajectory) follow the step, whatever the ranks
+                torch.manual_seed(stable_seed(cfg.seed, state.step, micro))
                 frames = normalise_frames(batch["frames"], device, dtype)
                 if tokenizer is not None:
                     ids, mask = tokenizer.encode_batch(batch["captions"], cfg.model.text_max_len)

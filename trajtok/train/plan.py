@@ -45,12 +45,12 @@ def job_plan(cfg: JobConfig, world_size: int) -> dict[str, Any]:
     per_param = bytes_per_parameter(cfg.train.zero_stage, cfg.train.precision, world_size)
     first_rank = ClipBatches(cfg, 0, world_size)
     urls = first_rank.streams["video"].urls
-    shards = {}  # rank -> the first shard each of its readers (loader workers) opens
+    order = first_rank.order
+    shards = {}  # rank -> the first shard each of its readers opens
     for rank in range(min(world_size, RANKS_SHOWN)):
-        shards[f"rank {rank}"] = [
-            next(shard_sequence(urls, cfg.seed, 0, rank, world_size, worker, first_rank.num_workers))
-            for worker in range(first_rank.num_workers)
-        ]
+        dataset = ClipBatches(cfg, rank, world_size)
+        readers = [v for phase in range(order.phases) for v in dataset.readers_of(phase)]
+        shards[f"rank {rank}"] = [next(shard_sequence(urls, cfg.seed, 0, v, order.readers)) for v in readers]
     run_dir = Path(cfg.run_dir)
     resume = resolve_resume(cfg.train.resume, run_dir)
     from trajtok.tracking import tracking_uri  # MLflow: only once the rest of the plan stands
@@ -68,6 +68,8 @@ def job_plan(cfg: JobConfig, world_size: int) -> dict[str, Any]:
         "steps": cfg.train.steps,
         "steps_per_epoch": max(first_rank.batches_per_epoch // cfg.train.grad_accum, 1),
         "shards": len(urls),
+        "read_order": f"{order.readers_per_step} readers per step in {order.phases} groups, "
+        f"{first_rank.num_workers or 'no'} loader workers per rank",
         "first_shards": shards,
         "checkpoints": f"{run_dir / CHECKPOINT_DIR} every {cfg.train.checkpoint_every} steps, "
         f"the last {cfg.train.keep_checkpoints} kept",
@@ -98,7 +100,7 @@ def format_plan(plan: dict[str, Any]) -> str:
             f"({plan['bytes_per_parameter']:.1f} B/parameter; activations extra)",
         ),
         ("steps", f"{plan['steps']} ({plan['steps_per_epoch']} per virtual epoch)"),
-        ("shards", f"{plan['shards']}; each loader worker opens first:"),
+        ("shards", f"{plan['shards']}; {plan['read_order']}; each reader opens first:"),
         *(
             (f"  {reader}", ", ".join(Path(u).name for u in urls))
             for reader, urls in plan["first_shards"].items()

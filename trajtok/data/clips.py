@@ -1,4 +1,11 @@
-"""The clip policy: which clips a manifest row gives, read and resized to the shard's frame size.
+"""Cutting clips out of videos, one way for every command: what `trajtok label` and the demo show is what
+`trajtok shard` writes, and evaluation samples frames the same way.
+
+`cut_clip` is the one cut: `clip.frames` frames of a window, sampled by `clip.sampling` with an RNG seeded
+by the clip's sample key, resized so the short side is `clip.size` (both sides even, as H.264 wants).
+`read_clips` is the shard policy over a manifest row; `read_window` the one clip a look at a video takes.
+
+The clip policy: which clips a manifest row gives.
 
 A row's window is its `start`/`end` (or the whole video). With `clip.seconds > 0` the window gives up to
 `clip.clips_per_video` clips of that length, one centred in each of as many equal parts of the window;
@@ -23,16 +30,10 @@ import numpy as np
 from trajtok.config import ClipConfig
 from trajtok.data.labels import resize_frames, short_side_size
 from trajtok.data.sample import sample_key
-from trajtok.data.video import VideoInfo, open_video
-from trajtok.errors import VideoDecodeError, VideoMissing
+from trajtok.data.video import VideoInfo, VideoReader, labelling_window, open_video
+from trajtok.errors import TooShort, VideoDecodeError, VideoMissing
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-class TooShort(VideoDecodeError):
-    """The row's window cannot hold one clip of the configured length and frame count."""
-
-    kind = "too short"
 
 
 @dataclass
@@ -88,14 +89,49 @@ def read_clips(
         for index, (a, b) in enumerate(clip_windows(first, last, cfg)):
             if np.diff(np.searchsorted(all_times, [a, b]))[0] < cfg.frames:
                 continue  # the frames would repeat
-            key = sample_key(path, index, a, b)
-            frames, times = video.sample_clip(cfg.frames, cfg.sampling, a, b, rng=_seed(key), size=size)
             given += 1
-            yield Clip(key, index, frames, times, a, b, info)
+            yield cut_clip(video, path, index, a, b, cfg, size)
         if not given:
             raise TooShort(
                 f"{path}: no clip window holds clip.frames={cfg.frames} frames ({info.num_frames} in all)"
             )
+
+
+def cut_clip(
+    video: VideoReader,
+    path: str,
+    index: int,
+    start: float,
+    end: float,
+    cfg: ClipConfig,
+    size: tuple[int, int] | None = None,
+) -> Clip:
+    """Clip `index` of `path`: `cfg.frames` frames of [start, end) seconds, sampled by `cfg.sampling` with
+    the sample key's seed (a rerun samples the same frames), at `size` (default: short side `cfg.size`)."""
+    info = video.info
+    key = sample_key(path, index, start, end)
+    size = size or _even_size(info.height, info.width, cfg.size)
+    frames, times = video.sample_clip(cfg.frames, cfg.sampling, start, end, rng=_seed(key), size=size)
+    return Clip(key, index, frames, times, start, end, info)
+
+
+def read_window(
+    path: str,
+    cfg: ClipConfig,
+    start: float | None = None,
+    end: float | None = None,
+    seconds: float = 0.0,
+    timeout: float | None = None,
+) -> Clip:
+    """The one clip a look at a video takes (`trajtok label`, the demo): [start, end) as asked, the ends not
+    given filled in to `seconds` of the middle (`labelling_window`), cut as a shard's clip 0 would be."""
+    with open_video(path, timeout=timeout) as video:
+        first, last = labelling_window(video.info.duration, seconds, start, end)
+        first = 0.0 if first is None else first
+        last = video.info.duration if last is None else min(last, video.info.duration)
+        if last <= first:
+            raise TooShort(f"{path}: the window starts at {first:g} s, after the video ends ({last:g} s)")
+        return cut_clip(video, path, 0, first, last, cfg)
 
 
 def _image_clip(path: str, cfg: ClipConfig) -> Clip:
