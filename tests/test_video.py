@@ -305,6 +305,9 @@ def test_bytes_and_uris_read_like_the_path(shared_videos, monkeypatch, tmp_path)
             assert np.array_equal(video.read_frames([0, 40]), expected)
     assert video.info.source == str(path)
     assert not list(tmp_path.iterdir())  # spilled copies are gone once closed
+    with open_video(path.read_bytes()) as video:  # a shard's clip: decoded from memory, never spilled
+        video.read_frames([5, 60, 2])
+        assert video.info.backend == "pyav" and not list(tmp_path.iterdir())
     for missing in (tmp_path / "nope.mp4", "memory://videos/nope.mp4", "nosuchprotocol://x.mp4"):
         with pytest.raises(VideoDecodeError, match=f"^{missing}: "):
             open_video(missing)

@@ -42,6 +42,7 @@ import atexit
 import bisect
 import contextlib
 import dataclasses
+import io
 import os
 import stat
 import tempfile
@@ -190,8 +191,8 @@ class _PyAVBackend:
 
     name = "pyav"
 
-    def __init__(self, path: str):
-        self._path = path
+    def __init__(self, path: str | bytes):
+        self._path = path  # a file, or the video's bytes (read from memory, reopened from them too)
         self._container = _open_container(path)
         self._stream = self._container.streams.video[0]
         self._damaged = False  # the decoder saw bad data; some (cinepak) never recover, even when flushed
@@ -470,10 +471,11 @@ def _declared_rate(stream: av.video.stream.VideoStream) -> float:
 _BACKENDS = {"decord": _DecordBackend, "pyav": _PyAVBackend}
 
 
-def _open_container(path: str) -> av.container.InputContainer:
-    """Open with PyAV and require a video stream (about 1 ms: headers only); one decoder thread."""
+def _open_container(path: str | bytes) -> av.container.InputContainer:
+    """Open with PyAV (a file, or bytes from memory) and require a video stream (about 1 ms: headers
+    only); one decoder thread."""
     try:
-        container = av.open(path)
+        container = av.open(io.BytesIO(path) if isinstance(path, bytes) else path)
     except av.error.FFmpegError as err:
         raise _Unreadable(_ffmpeg_reason(err)) from err
     if not container.streams.video:
@@ -609,8 +611,9 @@ def open_video(
 ) -> VideoReader:
     """Open a video from a local path, an fsspec URI (`file://`, `memory://`, `s3://` ...) or bytes.
 
-    Remote files and bytes are first copied to a temporary file (decord crashes on truncated in-memory
-    AVI data), removed on `close()`. `name` labels the video in errors and `VideoInfo.source` (defaults
+    Bytes are decoded from memory by PyAV (the default backend: a shard's clip never touches the disk);
+    remote files, and bytes for decord (which crashes on truncated in-memory AVI data), are first copied to
+    a temporary file, removed on `close()`. `name` labels the video in errors and `VideoInfo.source` (defaults
     to the path or URI). `timeout` (seconds, None for none) bounds the open and each later read.
     Raises `VideoDecodeError` when the video cannot be read, with the name and the reason.
     """
@@ -618,11 +621,16 @@ def open_video(
         raise ValueError(f"unknown video backend {backend!r}: use auto, decord or pyav")
     label = name or _describe(source)
     local = _local_path(source)
-    spill = None if local is not None else _new_temporary_file(label)
+    from_memory = isinstance(source, bytes | bytearray | memoryview) and backend != "decord"
+    spill = None if local is not None or from_memory else _new_temporary_file(label)
+
+    def target() -> str | bytes:
+        if local is not None:
+            return local
+        return bytes(source) if from_memory else _copy_to(source, spill)
+
     try:
-        opened = _call_with_deadline(
-            lambda: _open_backend(local or _copy_to(source, spill), backend, label), timeout, label
-        )
+        opened = _call_with_deadline(lambda: _open_backend(target(), backend, label), timeout, label)
     except BaseException:
         if spill is not None:
             _remove_quietly(spill)
@@ -720,9 +728,12 @@ def _frame_at_or_after(seconds: float, fps: float) -> int:
     return int(np.ceil(seconds * fps - 1e-6))
 
 
-def _open_backend(path: str, backend: Backend, label: str) -> _Decoder:
-    status = os.stat(path)
-    if stat.S_ISREG(status.st_mode) and status.st_size == 0:
+def _open_backend(path: str | bytes, backend: Backend, label: str) -> _Decoder:
+    """The decoder for a file (or, for PyAV, the video's bytes in memory)."""
+    if isinstance(path, bytes):
+        if not path:
+            raise VideoDecodeError(f"{label}: empty file")
+    elif stat.S_ISREG((status := os.stat(path)).st_mode) and status.st_size == 0:
         raise VideoDecodeError(f"{label}: empty file")
     try:
         if backend == "decord":
