@@ -5,9 +5,10 @@ Stored clips are what `trajtok shard` writes: T-frame windows of the real sample
 1. decode: each backend (decord, PyAV) decodes every frame of every stored clip from its mp4 bytes, the
    way the loader does (`open_video` on the bytes), with this process pinned to one core: clips/s per core.
 2. loader (timed by `bench_loader`'s functions, on these shards): the training loader (random resized crop
-   to `--size`, flips, colour jitter, grey, blur, label maps carried along) in this process pinned to one
-   core, which is what one loader worker does: clips/s per worker, and its milliseconds per clip decoding
-   and augmenting. Then the real DataLoader with 1..`--workers` worker processes.
+   to `--size`, flips, label maps carried along, the colour changes drawn; they are applied on the training
+   device, `trajtok.data.colour`) in this process pinned to one core, which is what one loader worker does:
+   clips/s per worker, and its milliseconds per clip decoding and augmenting. Then the real DataLoader with
+   1..`--workers` worker processes.
 3. workers per GPU: a training step that consumes R clips/s waits for data less than 5% of the time
    once the loader delivers at least 0.95 R, i.e. ceil(0.95 R / per-worker rate) workers. R comes from
    `--step-rate`, or from every row of a `trajtok bench model --json` result (`--model-json`).
@@ -188,7 +189,7 @@ def markdown(result: dict) -> str:
     )
     parts = result["loader_ms_per_clip"]
     lines.append(
-        f"| (per clip: decode {parts['decode_ms']:.0f} ms, augment {parts['augment_ms']:.0f} ms) | |"
+        f"| (per clip: decode {parts['decode_ms']:.0f} ms, crop/flip {parts['augment_ms']:.0f} ms) | |"
     )
     for workers, rate in result["loader_clips_per_s"].items():
         lines.append(f"| loader, {workers} worker process(es) | {rate:.1f} |")

@@ -4,7 +4,10 @@ training step spent waiting for data (`trajvit2` small on CPU, 2 loader workers;
 The shards are made the way users make them: `trajtok synth` videos, then `trajtok shard` (16 frames, short
 side 256, classical labels). Then, on the same shards:
 - per worker: one reader in this process (`data.num_workers=0`) building augmented batches;
-- its parts per clip: `decode_sample` (H.264 + label map) and `augment_clip` (crop, flip, jitter, blur);
+- its parts per clip: `decode_sample` (H.264 + label map) and `augment_clip` (crop, resize, flip and the
+  colour draws: what a worker does);
+- the colour changes on the device (`apply_colour`, here the CPU) for the training run's batch, against the
+  step time of that run;
 - the DataLoader with 1 and 2 worker processes;
 - data wait: `trajtok train` of trajvit2 small (1 process, 2 workers), read back from its MLflow run.
 
@@ -31,10 +34,14 @@ from common import REPO_ROOT, run_record, write_json  # noqa: E402
 
 from trajtok.config import JobConfig, load_config  # noqa: E402
 from trajtok.data.augment import AugmentParams, augment_clip  # noqa: E402
+from trajtok.data.colour import apply_colour  # noqa: E402
 from trajtok.data.loader import build_loader, expand_shards, read_shard  # noqa: E402
 from trajtok.data.sample import decode_sample  # noqa: E402
 
 TRAJTOK = [sys.executable, "-m", "launch.cli"]
+
+
+TRAIN_BATCH = 2  # clips per step of the trajvit2 small CPU run
 
 
 def make_shards(work: Path, clips: int) -> str:
@@ -93,7 +100,7 @@ def clips_per_second(cfg: JobConfig, batches: int) -> float:
 
 
 def clip_parts(shards: str, clips: int) -> dict[str, float]:
-    """Median milliseconds per clip of decoding and of augmenting."""
+    """Median milliseconds per clip of decoding and of the worker's augmentation (geometry, draws)."""
     raw = [s for url in expand_shards(shards) for s in read_shard(url, lambda *_: None)][:clips]
     rng = np.random.default_rng(0)
     params = AugmentParams(jitter=0.8, grey=0.1, blur=0.1)
@@ -102,7 +109,7 @@ def clip_parts(shards: str, clips: int) -> dict[str, float]:
         start = time.perf_counter()
         clip = decode_sample(sample)
         middle = time.perf_counter()
-        augment_clip(clip.frames, clip.labels, 224, params, rng)
+        augment_clip(clip.frames, clip.labels, 224, params, rng)  # the colour is drawn, applied on device
         decode_ms.append((middle - start) * 1e3)
         augment_ms.append((time.perf_counter() - middle) * 1e3)
     return {"decode_ms": statistics.median(decode_ms), "augment_ms": statistics.median(augment_ms)}
@@ -123,7 +130,7 @@ def data_wait(shards: str, work: Path, steps: int) -> dict[str, float]:
         "clip.size=224",
         "data.num_workers=2",
         "data.shuffle_buffer=16",
-        "train.batch_size=2",
+        f"train.batch_size={TRAIN_BATCH}",
         f"train.steps={steps}",
         "train.log_every=2",
         f"train.checkpoint_every={steps}",
@@ -144,6 +151,19 @@ def data_wait(shards: str, work: Path, steps: int) -> dict[str, float]:
         return statistics.mean(m.value for m in client.get_metric_history(run_id, key) if m.step > 2)
 
     return {"data_wait_frac": steady("train/data_wait_frac"), "samples_per_s": steady("train/samples_per_s")}
+
+
+def colour_ms(batch: int, frames: int, size: int, repeats: int = 5) -> float:
+    """Median milliseconds of `apply_colour` on a training batch with every change on (jitter, grey, blur)."""
+    rng = np.random.default_rng(0)
+    clips = torch.from_numpy(rng.integers(0, 256, (batch, frames, 3, size, size), dtype=np.uint8))
+    rows = torch.tensor([[1.0, 1.2, 0.8, 1.1, 1.0, 1.5]] * batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        apply_colour(clips, rows)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             },
             "train_trajvit2_small": data_wait(shards, work, args.train_steps),
         }
+        train = result["train_trajvit2_small"]
+        step_ms = 1e3 * TRAIN_BATCH / train["samples_per_s"]
+        train["colour_ms_per_batch_all_on"] = colour_ms(TRAIN_BATCH, 16, 224)
+        train["colour_share_of_step"] = train["colour_ms_per_batch_all_on"] / step_ms
     print(json.dumps(result, indent=2))
     write_json(result, args.json)
     return 0

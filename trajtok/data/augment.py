@@ -1,7 +1,9 @@
 """Clip augmentation for training: one geometry for frames and label maps, colour changes for frames only.
 
 Every random choice is made once per clip, so all frames of a clip (and its trajectory labels) move
-together: a trajectory stays one region over time. Geometry goes through `trajtok.data.labels`
+together: a trajectory stays one region over time. The geometry runs here, in the loader's workers; the
+colour changes are drawn here (seeded per sample) and applied on the training device, batched
+(`trajtok.data.colour`). Geometry goes through `trajtok.data.labels`
 (`Box`, `crop_*`, `resize_*`), which keeps a pixel of a frame and its label at the same place; labels go
 straight to the segmenter's grid (the model predicts at 1/4 of the input), which is the resolution the
 segmentation loss compares at, so no full-size label map travels through the loader.
@@ -12,14 +14,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from trajtok.config import DataConfig
+from trajtok.data.colour import NO_COLOUR
 from trajtok.data.labels import Box, center_crop_box, crop_frames, crop_labels, resize_frames, resize_labels
 
 GRID_STRIDE = 4  # the segmenter predicts at 1/4 of the input size (DESIGN §2)
-_GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,9 @@ def augment_clip(
     size: int,
     params: AugmentParams,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """(T, H, W, 3) uint8 frames and (T, H, W) labels -> (T, size, size, 3) frames, (T, g, g) labels.
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(T, H, W, 3) uint8 frames and (T, H, W) labels -> (T, size, size, 3) frames, (T, g, g) labels, and
+    the clip's colour row (`trajtok.data.colour.apply_colour` applies it to the frames, on the device).
 
     g = size // 4. The crop and the flip are shared; jitter, grey and blur touch the frames only.
     """
@@ -89,8 +91,8 @@ def augment_clip(
     if rng.random() < params.flip:
         frames = frames[:, :, ::-1]
         labels = labels[:, :, ::-1] if labels is not None else None
-    frames = _colour(frames, params, rng)
-    return np.ascontiguousarray(frames), None if labels is None else np.ascontiguousarray(labels)
+    colour = colour_draws(params, rng)
+    return np.ascontiguousarray(frames), None if labels is None else np.ascontiguousarray(labels), colour
 
 
 def center_clip(
@@ -105,23 +107,15 @@ def center_clip(
     return frames, labels
 
 
-def _colour(frames: np.ndarray, params: AugmentParams, rng: np.random.Generator) -> np.ndarray:
-    """Colour jitter, grey and blur, with the same draws for every frame of the clip."""
+def colour_draws(params: AugmentParams, rng: np.random.Generator) -> np.ndarray:
+    """The clip's colour changes as a `trajtok.data.colour.COLOUR_FIELDS` row, the same draws for every
+    frame: whether to jitter, grey and blur, the blur's sigma, the jitter's three factors."""
     jitter = rng.random() < params.jitter
     grey = rng.random() < params.grey
-    blur_sigma = rng.uniform(0.1, 2.0) if rng.random() < params.blur else 0.0
+    sigma = rng.uniform(0.1, 2.0) if rng.random() < params.blur else 0.0
+    row = NO_COLOUR.copy()
     if jitter:
         s = params.jitter_strength
-        brightness, contrast, saturation = rng.uniform(1 - s, 1 + s, size=3)
-        x = frames.astype(np.float32) * brightness
-        mean = float((x @ _GREY_WEIGHTS).mean())
-        x = (x - mean) * contrast + mean
-        grey_x = (x @ _GREY_WEIGHTS)[..., None]
-        x = grey_x + (x - grey_x) * saturation
-        frames = np.clip(x + 0.5, 0, 255).astype(np.uint8)
-    if grey:
-        grey_frames = (frames.astype(np.float32) @ _GREY_WEIGHTS + 0.5).astype(np.uint8)
-        frames = np.repeat(grey_frames[..., None], 3, axis=-1)
-    if blur_sigma:
-        frames = np.stack([cv2.GaussianBlur(np.ascontiguousarray(f), (0, 0), blur_sigma) for f in frames])
-    return frames
+        row[:4] = (1.0, *rng.uniform(1 - s, 1 + s, size=3))
+    row[4:] = (float(grey), sigma)
+    return row

@@ -12,8 +12,10 @@ How the data moves (each step is one function or class below):
 - a seeded shuffle buffer per reader and kind; videos and images (T = 1) come from separate streams and a
   batch is all one kind (a batch must share T), chosen with probability `data.image_ratio`, the same
   draw on every rank.
-- decode from bytes (`trajtok.data.sample.decode_sample`) and augment (`trajtok.data.augment`) with an RNG
-  seeded per sample, so skipping ahead (resume) needs no decoding. A sample that fails is logged,
+- decode from bytes (`trajtok.data.sample.decode_sample`) and augment (`trajtok.data.augment`: the
+  geometry here, the colour changes drawn here and applied on the training device by
+  `trajtok.data.colour.apply_colour`, batch["colour"]) with an RNG seeded per sample, so skipping ahead
+  (resume) needs no decoding. A sample that fails is logged,
   counted (`batch["skipped"]`, by reason) and replaced by the next one.
 
 The order (`ReadOrder`) is the run's, not the ranks': global step n is made by the readers of group
@@ -46,6 +48,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from trajtok.config import JobConfig
 from trajtok.data.augment import AugmentParams, augment_clip, center_clip, label_grid
+from trajtok.data.colour import NO_COLOUR
 from trajtok.data.shard_urls import expand_shards
 from trajtok.errors import ConfigError, TrajTokError
 
@@ -248,6 +251,7 @@ class _GroupEpoch:
         return {
             "frames": torch.from_numpy(np.stack([it["frames"] for it in items])).permute(0, 1, 4, 2, 3),
             "labels": torch.from_numpy(np.stack([it["labels"] for it in items]).astype(np.int64)),
+            "colour": torch.from_numpy(np.stack([it["colour"] for it in items])),  # applied on the device
             "captions": [it["caption"] for it in items],
             "keys": [it["key"] for it in items],
             "kind": kind,
@@ -329,13 +333,13 @@ def _prepare(
         frames, labels = frames[keep], None if labels is None else labels[keep]
     size = ds.cfg.clip.size
     if ds.train:
-        frames, labels = augment_clip(frames, labels, size, ds.augment, rng)
+        frames, labels, colour = augment_clip(frames, labels, size, ds.augment, rng)
     else:
-        frames, labels = center_clip(frames, labels, size)
+        (frames, labels), colour = center_clip(frames, labels, size), NO_COLOUR
     if labels is None:  # a sample without a label map: every pixel unlabeled, which the loss ignores
         grid = label_grid(size)
         labels = np.zeros((spec.frames, grid, grid), dtype=np.uint16)
-    return {"frames": frames, "labels": labels, "caption": caption, "key": raw["__key__"]}
+    return {"frames": frames, "labels": labels, "colour": colour, "caption": caption, "key": raw["__key__"]}
 
 
 def build_loader(

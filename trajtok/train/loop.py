@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from trajtok.config import JobConfig, config_digest, save_config
+from trajtok.data.colour import apply_colour
 from trajtok.data.loader import ReadOrder, build_loader, expand_shards, open_batches, stable_seed
 from trajtok.data.normalise import normalise_frames
 from trajtok.distributed import init_process_group
@@ -159,7 +160,8 @@ def _train(cfg: JobConfig, rank: int, world_size: int, device: torch.device, log
                 state.batches += 1
                 # the forward's draws (tokens per trajectory) follow the step, whatever the ranks
                 torch.manual_seed(stable_seed(cfg.seed, state.step, micro))
-                frames = normalise_frames(batch["frames"], device, dtype)
+                on_device = batch["frames"].to(device, non_blocking=True)  # the batch's one copy
+                frames = normalise_frames(apply_colour(on_device, batch["colour"]), device, dtype)
                 if tokenizer is not None:
                     ids, mask = tokenizer.encode_batch(batch["captions"], cfg.model.text_max_len)
                     output = engine(frames, ids.to(device), mask.to(device))

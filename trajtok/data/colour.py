@@ -1,0 +1,77 @@
+"""Colour augmentation on the training device: jitter, grey and blur for a whole batch at once.
+
+The loader's workers decode and do the geometry (crop, resize, flip: what changes sizes, and what the label
+maps must follow) on uint8; they also draw each clip's colour changes with its per-sample RNG (so a resume
+draws the same) as a row of `COLOUR_FIELDS`. This module applies them where the batch lands, after its one
+host-to-device copy: on a GPU the work is free next to the model, and in the workers it was most of their
+CPU time (float jitter over every pixel). The same code runs on CPU runs and in the tests.
+
+Written in torch rather than with kornia or torchvision's transforms: the jitter is clip-wide (one mean over
+all frames, so the frames of a clip stay alike) and each change rounds to uint8 before the next, as the
+worker-side version it replaces did; their per-image operators do neither.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# One row per clip: jitter on (0/1), brightness, contrast and saturation factors, grey on (0/1), blur sigma
+COLOUR_FIELDS = ("jitter", "brightness", "contrast", "saturation", "grey", "blur_sigma")
+NO_COLOUR = np.array([0.0, 1.0, 1.0, 1.0, 0.0, 0.0], dtype=np.float32)  # the identity (evaluation, off)
+_GREY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def apply_colour(frames: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, T, 3, H, W) frames and (B, 6) colour rows -> uint8 frames with each clip's changes.
+
+    Jitter: brightness scales, contrast pulls to the clip's mean grey, saturation to each pixel's grey;
+    grey: luma in all three channels; blur: a Gaussian of the row's sigma over each frame (kernel and
+    reflected border as OpenCV's for uint8). Each step rounds to uint8, as a stored frame would.
+    """
+    if (
+        frames.dtype != torch.uint8
+        or frames.ndim != 5
+        or colour.shape != (frames.shape[0], len(COLOUR_FIELDS))
+    ):
+        raise ValueError(
+            f"expected uint8 (B, T, 3, H, W) and (B, 6), got {frames.shape} {frames.dtype}, "
+            f"{tuple(colour.shape)}"
+        )
+    rows = colour.to(frames.device, torch.float32)
+    jitter, brightness, contrast, saturation, grey, sigma = (c.view(-1, 1, 1, 1, 1) for c in rows.unbind(1))
+    weights = torch.tensor(_GREY_WEIGHTS, device=frames.device).view(1, 1, 3, 1, 1)
+    x = frames.float()
+    if bool((jitter > 0).any()):
+        scaled = x * brightness
+        mean = (scaled * weights).sum(2, keepdim=True).mean(dim=(1, 2, 3, 4), keepdim=True)
+        scaled = (scaled - mean) * contrast + mean
+        luma = (scaled * weights).sum(2, keepdim=True)
+        scaled = luma + (scaled - luma) * saturation
+        x = torch.where(jitter > 0, _round(scaled), x)
+    if bool((grey > 0).any()):
+        x = torch.where(grey > 0, _round((x * weights).sum(2, keepdim=True)).expand_as(x), x)
+    for index in torch.nonzero(sigma.view(-1) > 0).view(-1).tolist():
+        x[index] = _blur(x[index], float(rows[index, 5]))
+    return x.to(torch.uint8)
+
+
+def _round(x: torch.Tensor) -> torch.Tensor:
+    """To the uint8 grid: round half up, then saturate (OpenCV's and numpy's `+ 0.5` then truncate)."""
+    return (x + 0.5).floor().clamp(0, 255)
+
+
+def _blur(clip: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(T, 3, H, W) float on the uint8 grid, blurred per frame: OpenCV's kernel size for uint8 images
+    (round(6 sigma + 1), odd), its reflect-101 border, separable."""
+    size = int(np.floor(sigma * 6 + 1 + 0.5)) | 1
+    offsets = torch.arange(size, device=clip.device, dtype=torch.float32) - (size - 1) / 2
+    kernel = torch.exp(-(offsets**2) / (2 * sigma * sigma))
+    kernel = kernel / kernel.sum()
+    t, c, h, w = clip.shape
+    flat = clip.reshape(t * c, 1, h, w)
+    pad = size // 2
+    flat = F.conv2d(F.pad(flat, (pad, pad, 0, 0), mode="reflect"), kernel.view(1, 1, 1, size))
+    flat = F.conv2d(F.pad(flat, (0, 0, pad, pad), mode="reflect"), kernel.view(1, 1, size, 1))
+    return _round(flat.reshape(t, c, h, w))
