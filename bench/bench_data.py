@@ -1,9 +1,12 @@
-"""Data path throughput: decoding stored clips per core, the training loader per worker, workers per GPU.
+"""Data path throughput per shard format: bytes and decoding per clip, the training loader per worker,
+workers per GPU; which format to store frames in (`pipeline.frame_format`: mp4, jpg, png).
 
 Stored clips are what `trajtok shard` writes: T-frame windows of the real sample video vtest.avi
-(pedestrians, 10 fps), resized to `--short-side`, in shard samples (H.264 mp4 + label map + json).
-1. decode: each backend (decord, PyAV) decodes every frame of every stored clip from its mp4 bytes, the
-   way the loader does (`open_video` on the bytes), with this process pinned to one core: clips/s per core.
+(pedestrians, 10 fps), resized to `--short-side`, in shard samples (frames as H.264 mp4 or per-frame jpg
+(quality 90) or png, + label map + json), for each of `--formats`.
+1. decode: each backend (decord, PyAV) decodes every frame of every stored mp4 clip from its bytes, the
+   way the loader does (`open_video` on the bytes), with this process pinned to one core: clips/s per core;
+   and for every format, `decode_sample` (what a loader worker runs) in milliseconds per clip.
 2. loader (timed by `bench_loader`'s functions, on these shards): the training loader (random resized crop
    to `--size`, flips, label maps carried along, the colour changes drawn; they are applied on the training
    device, `trajtok.data.colour`) in this process pinned to one core, which is what one loader worker does:
@@ -39,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loader import clip_parts, clips_per_second, loader_config  # noqa: E402
 from common import REPO_ROOT, report, run_record, script_main  # noqa: E402
 
-from trajtok.data.sample import build_sample  # noqa: E402
+from trajtok.data.sample import FRAME_FORMATS, build_sample, decode_sample  # noqa: E402
 from trajtok.data.video import load_clip, open_video  # noqa: E402
 
 VIDEO = REPO_ROOT.parent / "shared" / "data" / "videos" / "vtest.avi"
@@ -71,7 +74,9 @@ def resize_short_side(frames: np.ndarray, short_side: int) -> np.ndarray:
     return np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in frames])
 
 
-def stored_samples(clips: int, frames: int, short_side: int, video: Path = VIDEO) -> list[dict]:
+def stored_samples(
+    clips: int, frames: int, short_side: int, video: Path = VIDEO, frame_format: str = "mp4"
+) -> list[dict]:
     """Shard samples of `clips` windows of the sample video, labelled with a block grid of trajectories."""
     step = (VIDEO_SECONDS - WINDOW_SECONDS) / max(1, clips - 1)
     samples = []
@@ -97,6 +102,7 @@ def stored_samples(clips: int, frames: int, short_side: int, video: Path = VIDEO
                 source_width=info.width,
                 source_height=info.height,
                 labeler={"name": "blocks", "version": "1", "params": {}},
+                frame_format=frame_format,
             )
         )
     return samples
@@ -111,6 +117,21 @@ def decode_rate(samples: list[dict], backend: str, repeats: int) -> float:
                 with open_video(bytes(sample["mp4"]), backend=backend) as video:
                     video.read_frames(np.arange(video.info.num_frames))
         return repeats * len(samples) / (time.perf_counter() - start)
+
+
+def decode_ms(samples: list[dict], repeats: int) -> float:
+    """Milliseconds per clip of `decode_sample` (frames and label map from the sample's bytes), one core."""
+    with one_core():
+        start = time.perf_counter()
+        for _ in range(repeats):
+            for sample in samples:
+                decode_sample(sample)
+        return 1e3 * (time.perf_counter() - start) / (repeats * len(samples))
+
+
+def frame_kib(sample: dict) -> float:
+    """KiB of a sample's frames (the mp4, or every per-frame image), the label map and json aside."""
+    return sum(len(v) for k, v in sample.items() if k.split(".")[-1] in FRAME_FORMATS) / 1024
 
 
 def write_shards(samples: list[dict], folder: Path, per_shard: int = 4) -> str:
@@ -144,9 +165,16 @@ def step_rates(args: argparse.Namespace) -> list[dict]:
     return [{"model": "given", "frames": args.frames, "train_clips_per_s": rate} for rate in args.step_rate]
 
 
-def run(args: argparse.Namespace, command: list[str]) -> dict:
-    samples = stored_samples(args.clips, args.frames, args.short_side, args.video)
-    decode = {backend: decode_rate(samples, backend, args.repeats) for backend in BACKENDS}
+def format_run(args: argparse.Namespace, frame_format: str) -> dict:
+    """One shard format: bytes and decode per clip, the loader per worker and with worker processes, and
+    the workers per GPU each step rate needs."""
+    samples = stored_samples(args.clips, args.frames, args.short_side, args.video, frame_format)
+    result: dict = {
+        "kib_per_clip": float(np.mean([frame_kib(s) for s in samples])),
+        "decode_ms_per_clip": decode_ms(samples, args.repeats),
+    }
+    if frame_format == "mp4":
+        result["decode_clips_per_s_per_core"] = {b: decode_rate(samples, b, args.repeats) for b in BACKENDS}
     with tempfile.TemporaryDirectory(prefix="bench-data-") as folder:
         pattern = write_shards(samples, Path(folder))
         with one_core():
@@ -158,14 +186,7 @@ def run(args: argparse.Namespace, command: list[str]) -> dict:
         for rate in step_rates(args)
     ]
     return {
-        "record": run_record(command, torch.device("cpu")),
-        "clip": {
-            "frames": args.frames,
-            "stored_short_side": args.short_side,
-            "mp4_kib": float(np.mean([len(s["mp4"]) for s in samples]) / 1024),
-            "model_input": args.size,
-        },
-        "decode_clips_per_s_per_core": decode,
+        **result,
         "loader_clips_per_s_per_worker": per_worker,
         "loader_ms_per_clip": parts,
         "loader_clips_per_s": {str(w): rate for w, rate in loaders.items()},
@@ -173,31 +194,48 @@ def run(args: argparse.Namespace, command: list[str]) -> dict:
     }
 
 
+def run(args: argparse.Namespace, command: list[str]) -> dict:
+    return {
+        "record": run_record(command, torch.device("cpu")),
+        "clip": {"frames": args.frames, "stored_short_side": args.short_side, "model_input": args.size},
+        "formats": {frame_format: format_run(args, frame_format) for frame_format in args.formats},
+    }
+
+
 def markdown(result: dict) -> str:
     clip = result["clip"]
+    formats = result["formats"]
+    workers = list(next(iter(formats.values()))["loader_clips_per_s"])
+    header = ["format", "KiB per clip", "decode ms per clip (1 core)", "worker: decode + crop ms"]
+    header += ["clips/s per worker", *(f"{w} worker(s) clips/s" for w in workers)]
     lines = [
-        f"Clips: {clip['frames']} frames, stored at short side {clip['stored_short_side']} "
-        f"(H.264, {clip['mp4_kib']:.0f} KiB each), loader output {clip['model_input']} px square.",
+        f"Clips: {clip['frames']} frames, stored at short side {clip['stored_short_side']}, loader output "
+        f"{clip['model_input']} px square (crop and flip in the worker; colour on the device).",
         "",
-        "| measurement | clips/s |",
-        "|---|---|",
+        "| " + " | ".join(header) + " |",
+        "|---" * len(header) + "|",
     ]
-    for backend, rate in result["decode_clips_per_s_per_core"].items():
-        lines.append(f"| decode, {backend}, per core | {rate:.1f} |")
-    lines.append(
-        f"| loader with augmentation, per worker (1 core) | {result['loader_clips_per_s_per_worker']:.1f} |"
-    )
-    parts = result["loader_ms_per_clip"]
-    lines.append(
-        f"| (per clip: decode {parts['decode_ms']:.0f} ms, crop/flip {parts['augment_ms']:.0f} ms) | |"
-    )
-    for workers, rate in result["loader_clips_per_s"].items():
-        lines.append(f"| loader, {workers} worker process(es) | {rate:.1f} |")
-    if result["workers_per_gpu"]:
-        lines += ["", "| model | T | step clips/s | loader workers for data-wait < 5% |", "|---|---|---|---|"]
-        for row in result["workers_per_gpu"]:
+    for name, row in formats.items():
+        parts = row["loader_ms_per_clip"]
+        cells = [name, f"{row['kib_per_clip']:.0f}", f"{row['decode_ms_per_clip']:.1f}"]
+        cells += [f"{parts['decode_ms']:.0f} + {parts['augment_ms']:.0f}"]
+        cells += [f"{row['loader_clips_per_s_per_worker']:.1f}"]
+        cells += [f"{rate:.1f}" for rate in row["loader_clips_per_s"].values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    if "mp4" in formats:
+        lines += ["", "| mp4 decoder | clips/s per core |", "|---|---|"]
+        for backend, rate in formats["mp4"]["decode_clips_per_s_per_core"].items():
+            lines.append(f"| decode, {backend}, per core | {rate:.1f} |")
+    rows = [(name, r) for name, row in formats.items() for r in row["workers_per_gpu"]]
+    if rows:
+        lines += [
+            "",
+            "| format | model | T | step clips/s | loader workers for data-wait < 5% |",
+            "|---|---|---|---|---|",
+        ]
+        for name, row in rows:
             lines.append(
-                f"| {row['model']} | {row['frames']} | {row['train_clips_per_s']:.1f} | "
+                f"| {name} | {row['model']} | {row['frames']} | {row['train_clips_per_s']:.1f} | "
                 f"{row['workers_for_5pct_wait']} |"
             )
     record = result["record"]
@@ -217,6 +255,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="decode passes over the stored clips")
     parser.add_argument("--step-rate", type=float, nargs="*", default=[], help="training clips/s to size for")
     parser.add_argument("--model-json", type=Path, help="a `trajtok bench model --json` result to size for")
+    parser.add_argument(
+        "--formats",
+        nargs="+",
+        default=list(FRAME_FORMATS),
+        choices=FRAME_FORMATS,
+        help="shard frame formats to compare (default: all)",
+    )
     parser.add_argument("--json", type=Path, help="also write the result as JSON here")
 
 

@@ -132,8 +132,18 @@ def _main(entry: str, config_path: str) -> int:
         load_entry(entry)(load_config(config_path))
     except TrajTokError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
+        _leave_process_group()
         return 2
     return 0
+
+
+def _leave_process_group() -> None:
+    """Destroy the rank's process group, if it has one, before the interpreter exits: gloo torn down at
+    exit while its threads still run aborts the process (status -6 instead of the user error's 2)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -61,14 +61,19 @@ def test_bench_data_through_the_cli(tmp_path, capsys) -> None:
     out = tmp_path / "data.json"
     args = "--clips 2 --frames 4 --short-side 64 --size 32 --batch 2 --batches 1 --workers 1 --repeats 1"
     assert main(["bench", "data", *args.split(), "--step-rate", "10", "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
-    assert set(result["decode_clips_per_s_per_core"]) == {"decord", "pyav"}
-    assert all(rate > 0 for rate in result["decode_clips_per_s_per_core"].values())
-    per_worker = result["loader_clips_per_s_per_worker"]
-    assert per_worker > 0 and result["loader_clips_per_s"]["1"] > 0
-    (sizing,) = result["workers_per_gpu"]
-    assert sizing["workers_for_5pct_wait"] == max(1, -(-9.5 // per_worker))
-    assert "decode, decord, per core" in capsys.readouterr().out
+    result = json.loads(out.read_text())["formats"]
+    assert set(result) == {"mp4", "jpg", "png"}  # every shard frame format, side by side
+    assert set(result["mp4"]["decode_clips_per_s_per_core"]) == {"decord", "pyav"}
+    assert all(rate > 0 for rate in result["mp4"]["decode_clips_per_s_per_core"].values())
+    for row in result.values():
+        assert row["kib_per_clip"] > 0 and row["decode_ms_per_clip"] > 0
+        per_worker = row["loader_clips_per_s_per_worker"]
+        assert per_worker > 0 and row["loader_clips_per_s"]["1"] > 0
+        (sizing,) = row["workers_per_gpu"]
+        assert sizing["workers_for_5pct_wait"] == max(1, -(-9.5 // per_worker))
+    assert result["png"]["kib_per_clip"] > result["mp4"]["kib_per_clip"]  # lossless frames are the largest
+    printed = capsys.readouterr().out
+    assert "decode, decord, per core" in printed and "| png |" in printed
 
 
 def test_bench_help_lists_the_benchmarks(capsys) -> None:

@@ -130,6 +130,9 @@ def test_zero2_loss_falls_and_the_run_is_tracked(reference_run: Path, tracking_d
         "loss/focal",
         "loss/dice",
         "data/skipped",
+        "data/decode_ms_per_clip",
+        "data/augment_ms_per_clip",
+        "data/clips_per_s_per_worker",
         "epoch",
     ):
         assert f"train/{key}" in run.data.metrics, key
@@ -142,6 +145,7 @@ def test_zero2_loss_falls_and_the_run_is_tracked(reference_run: Path, tracking_d
     assert {"config.yaml", "provenance.json", "train.log"} <= artifacts
     logged = (reference_run / "train.log").read_text()
     assert f"step {STEPS}/{STEPS}" in logged and f"trained {STEPS} steps" in logged
+    assert "ms decode + " in logged and "clips/s per worker" in logged  # the loader's health, every line
     assert any("trajectories" in p for p in _all_artifacts(client, run.info.run_id)), "no overlay image"
 
     kept = [p.name for p in complete_checkpoints(reference_run)]

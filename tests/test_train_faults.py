@@ -86,6 +86,8 @@ def test_shards_that_turn_corrupt_mid_run_are_skipped_and_counted(synthetic_shar
     skipped = _history(db, run_dir, "train/data/skipped")
     assert sorted(_history(db, run_dir, "train/loss")) == list(range(1, steps + 1))
     assert sum(skipped.values()) >= 3, skipped  # shards opened after the cut, each counted
+    by_reason = _history(db, run_dir, "train/data/skipped/shard")
+    assert 3 <= sum(by_reason.values()) <= sum(skipped.values())  # and told apart by reason
 
 
 def test_a_disk_that_fills_at_a_checkpoint_keeps_the_previous_one(synthetic_shards, tmp_path: Path):

@@ -35,6 +35,7 @@ import json
 import logging
 import random
 import signal
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -226,7 +227,10 @@ class ClipBatches(IterableDataset):
                 group = groups[phase] = _GroupEpoch(self, phase, epoch)
             while group.index < index:  # a resume: pass the steps done, reading only the samples' JSON
                 group.next_batch(decode=False)
-            yield group.next_batch(decode=True)
+            started = time.perf_counter()
+            batch = group.next_batch(decode=True)
+            batch["loader_s"]["worker"] = time.perf_counter() - started  # all this worker spent on it
+            yield batch
 
 
 class _GroupEpoch:
@@ -258,6 +262,7 @@ class _GroupEpoch:
             "epoch": self.epoch,
             "phase": self.phase,
             "skipped": dict(skipped),
+            "loader_s": {part: sum(it[f"{part}_s"] for it in items) for part in ("decode", "augment")},
         }
 
 
@@ -326,7 +331,9 @@ def _prepare(
     caption = captions[int(rng.integers(len(captions)))]
     if not decode:
         return None
+    started = time.perf_counter()
     clip = decode_sample(raw)
+    decoded = time.perf_counter()
     frames, labels = clip.frames, clip.labels
     if frame_count > spec.frames:  # an evenly spaced subset keeps the clip's span and frames/labels aligned
         keep = np.linspace(0, frame_count - 1, spec.frames).round().astype(np.int64)
@@ -339,7 +346,15 @@ def _prepare(
     if labels is None:  # a sample without a label map: every pixel unlabeled, which the loss ignores
         grid = label_grid(size)
         labels = np.zeros((spec.frames, grid, grid), dtype=np.uint16)
-    return {"frames": frames, "labels": labels, "colour": colour, "caption": caption, "key": raw["__key__"]}
+    timing = {"decode_s": decoded - started, "augment_s": time.perf_counter() - decoded}
+    return {
+        "frames": frames,
+        "labels": labels,
+        "colour": colour,
+        "caption": caption,
+        "key": raw["__key__"],
+        **timing,
+    }
 
 
 def build_loader(

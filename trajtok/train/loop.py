@@ -89,7 +89,9 @@ def _sole_writer(run_dir: str, rank: int) -> Iterator[None]:
                 if taken_over:
                     log.warning(taken_over)
         torch.distributed.broadcast_object_list(refusal, src=0)
-        if refusal[0]:
+        if refusal[0]:  # every rank is here: leave the group together (a rank exiting alone aborts gloo)
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
             raise RunDirectoryInUse(refusal[0])
         yield
 

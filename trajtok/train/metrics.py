@@ -17,6 +17,8 @@ import torch.distributed as dist
 
 from trajtok.models.output import ModelOutput
 
+LOADER_PARTS = ("decode", "augment", "worker")  # batch["loader_s"]: seconds a worker spent, by part
+
 
 class TrainMeter:
     """Accumulates micro-batches between two log steps; `flush` turns them into one metrics dict."""
@@ -36,6 +38,7 @@ class TrainMeter:
         self.token_min = torch.full((), float("inf"), device=self.device)
         self.token_max = torch.zeros((), device=self.device)
         self.skipped: Counter[str] = Counter()
+        self.loader_s: Counter[str] = Counter()  # worker seconds: decoding, augmenting, the whole batch
 
     @contextmanager
     def waiting_for_data(self):
@@ -57,6 +60,7 @@ class TrainMeter:
         self.samples += len(batch["keys"])
         self.micro_batches += 1
         self.skipped.update(batch.get("skipped", {}))
+        self.loader_s.update(batch.get("loader_s", {}))
 
     def flush(self) -> dict[str, float]:
         """Metrics of the interval since the last flush, the same on every rank (all ranks must call)."""
@@ -69,8 +73,10 @@ class TrainMeter:
                 torch.tensor(float(self.samples), device=self.device),
                 torch.tensor(self.data_wait, device=self.device),
                 torch.tensor(float(sum(self.skipped.values())), device=self.device),
+                *(torch.tensor(self.loader_s[part], device=self.device) for part in LOADER_PARTS),
             ]
         )
+        skipped = _summed_over_ranks(self.skipped, self.world_size)
         low, high = self.token_min.clone(), self.token_max.clone()
         if self.world_size > 1:
             dist.all_reduce(sums)
@@ -79,16 +85,25 @@ class TrainMeter:
         values = sums.tolist()
         steps = self.micro_batches * self.world_size
         metrics = {n if n == "loss" else f"loss/{n}": values[i] / steps for i, n in enumerate(names)}
-        token_sum, samples, data_wait, skipped = values[len(names) :]
+        token_sum, samples, data_wait, skipped_total, decode_s, augment_s, worker_s = values[len(names) :]
         metrics.update(
             {
                 "samples_per_s": samples / elapsed,
                 "samples_per_s_per_gpu": samples / elapsed / self.world_size,
                 "data_wait_frac": data_wait / self.world_size / elapsed,
-                "data/skipped": skipped,
+                "data/skipped": skipped_total,
+                **{f"data/skipped/{reason}": count for reason, count in sorted(skipped.items())},
                 "memory_gib": peak_memory_gib(self.device),
             }
         )
+        if worker_s > 0:  # the loader's health: what one worker spends per clip, and its rate
+            metrics.update(
+                {
+                    "data/decode_ms_per_clip": 1e3 * decode_s / samples,
+                    "data/augment_ms_per_clip": 1e3 * augment_s / samples,
+                    "data/clips_per_s_per_worker": samples / worker_s,
+                }
+            )
         if token_sum > 0:
             metrics.update(
                 {
@@ -99,6 +114,15 @@ class TrainMeter:
             )
         self._reset()
         return metrics
+
+
+def _summed_over_ranks(counts: Counter[str], world_size: int) -> Counter[str]:
+    """Skip counts by reason, summed over the ranks (reasons differ between ranks: gathered as objects)."""
+    if world_size == 1:
+        return Counter(counts)
+    gathered: list[Counter[str] | None] = [None] * world_size
+    dist.all_gather_object(gathered, counts)
+    return sum((c for c in gathered if c), Counter())
 
 
 def _tokens_per_clip(output: ModelOutput) -> torch.Tensor | None:
@@ -137,6 +161,15 @@ def format_line(
             f" [{metrics['tokens_per_clip/min']:.0f}, {metrics['tokens_per_clip/max']:.0f}]"
         )
     line += f" | mem {metrics['memory_gib']:.2f} GiB"
+    if "data/clips_per_s_per_worker" in metrics:
+        line += (
+            f" | loader {metrics['data/decode_ms_per_clip']:.0f} ms decode + "
+            f"{metrics['data/augment_ms_per_clip']:.0f} ms crop per clip, "
+            f"{metrics['data/clips_per_s_per_worker']:.1f} clips/s per worker"
+        )
     if metrics["data/skipped"]:
-        line += f" | skipped {metrics['data/skipped']:.0f} samples"
+        reasons = ", ".join(
+            f"{k.rsplit('/', 1)[1]} {v:.0f}" for k, v in metrics.items() if k.startswith("data/skipped/")
+        )
+        line += f" | skipped {metrics['data/skipped']:.0f} samples ({reasons})"
     return line
