@@ -68,8 +68,8 @@ def job_plan(cfg: JobConfig, world_size: int) -> dict[str, Any]:
         "steps": cfg.train.steps,
         "steps_per_epoch": max(first_rank.batches_per_epoch // cfg.train.grad_accum, 1),
         "shards": len(urls),
-        "read_order": f"{order.readers_per_step} readers per step in {order.phases} groups, "
-        f"{first_rank.num_workers or 'no'} loader workers per rank",
+        "read_order": f"{order.readers_per_step} readers per step in {order.phases} group(s), "
+        f"{first_rank.num_workers or 'no'} loader worker(s) per rank",
         "first_shards": shards,
         "checkpoints": f"{run_dir / CHECKPOINT_DIR} every {cfg.train.checkpoint_every} steps, "
         f"the last {cfg.train.keep_checkpoints} kept",
