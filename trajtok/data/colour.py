@@ -13,6 +13,8 @@ worker-side version it replaces did; their per-image operators do neither.
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -39,22 +41,32 @@ def apply_colour(frames: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
             f"expected uint8 (B, T, 3, H, W) and (B, 6), got {frames.shape} {frames.dtype}, "
             f"{tuple(colour.shape)}"
         )
-    rows = colour.to(frames.device, torch.float32)
-    jitter, brightness, contrast, saturation, grey, sigma = (c.view(-1, 1, 1, 1, 1) for c in rows.unbind(1))
-    weights = torch.tensor(_GREY_WEIGHTS, device=frames.device).view(1, 1, 3, 1, 1)
+    # Which changes to make is read off the rows on the host (the loader's CPU tensor): deciding on the
+    # device would make the host wait for the GPU on every batch.
+    host = colour.detach().to("cpu", torch.float32)
+    rows = host.to(frames.device, non_blocking=True)
+    jitter, brightness, contrast, saturation, grey, _ = (c.view(-1, 1, 1, 1, 1) for c in rows.unbind(1))
+    weights = _grey_weights(frames.device)
     x = frames.float()
-    if bool((jitter > 0).any()):
+    if bool((host[:, 0] > 0).any()):
         scaled = x * brightness
         mean = (scaled * weights).sum(2, keepdim=True).mean(dim=(1, 2, 3, 4), keepdim=True)
         scaled = (scaled - mean) * contrast + mean
         luma = (scaled * weights).sum(2, keepdim=True)
         scaled = luma + (scaled - luma) * saturation
         x = torch.where(jitter > 0, _round(scaled), x)
-    if bool((grey > 0).any()):
+    if bool((host[:, 4] > 0).any()):
         x = torch.where(grey > 0, _round((x * weights).sum(2, keepdim=True)).expand_as(x), x)
-    for index in torch.nonzero(sigma.view(-1) > 0).view(-1).tolist():
-        x[index] = _blur(x[index], float(rows[index, 5]))
+    for index, sigma in enumerate(host[:, 5].tolist()):
+        if sigma > 0:
+            x[index] = _blur(x[index], sigma)
     return x.to(torch.uint8)
+
+
+@cache
+def _grey_weights(device: torch.device) -> torch.Tensor:
+    """Luma weights as (1, 1, 3, 1, 1), made once per device: a host copy every batch would sync."""
+    return torch.tensor(_GREY_WEIGHTS, device=device).view(1, 1, 3, 1, 1)
 
 
 def _round(x: torch.Tensor) -> torch.Tensor:

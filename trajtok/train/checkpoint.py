@@ -53,6 +53,10 @@ class TrainState:
     world_size: int = 0  # ranks that wrote it (0: written before elastic resume existed)
     read_order: dict = field(default_factory=dict)  # the run's trajtok.data.loader.ReadOrder
 
+    def written_on_other_ranks(self, world_size: int) -> bool:
+        """Whether a job of `world_size` ranks resumes this state elastically (0: unknown, taken as same)."""
+        return self.world_size not in (0, world_size)
+
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
@@ -163,7 +167,7 @@ def read_state(path: Path, model_digest: str) -> TrainState:
 def needs_universal(state: TrainState, world_size: int, zero_stage: int) -> bool:
     """Whether a checkpoint must go through DeepSpeed's universal form to load on `world_size` ranks:
     its optimizer state is partitioned (ZeRO >= 1) over another number of ranks."""
-    return zero_stage > 0 and state.world_size not in (0, world_size)
+    return zero_stage > 0 and state.written_on_other_ranks(world_size)
 
 
 def make_universal(path: Path, rank: int) -> None:

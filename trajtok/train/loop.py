@@ -133,7 +133,7 @@ def _train(cfg: JobConfig, rank: int, world_size: int, device: torch.device, log
     if saved is not None:
         load_checkpoint(engine, checkpoint, universal)
         state.step, state.batches, state.epoch = saved.step, saved.batches, saved.epoch
-        elastic = f" (saved on {saved.world_size} ranks)" if saved.world_size not in (0, world_size) else ""
+        elastic = f" (saved on {saved.world_size} ranks)" if saved.written_on_other_ranks(world_size) else ""
         log.info("resumed from %s at step %d%s", checkpoint, state.step, elastic)
         if saved.config_digest != state.config_digest:
             log.warning(
@@ -200,7 +200,7 @@ def _train(cfg: JobConfig, rank: int, world_size: int, device: torch.device, log
                 if rank == 0:
                     log.info("step %d held-out: %s", state.step, _short(metrics))
                 tracker.log_metrics(metrics, step=state.step)
-            stop_signal = stop.agreed(device)
+            stop_signal = stop.agreed()
             if state.step % cfg.train.checkpoint_every == 0 or last or stop_signal:
                 save_checkpoint(engine, cfg.run_dir, state, cfg.train.keep_checkpoints)
                 if log_file is not None:  # a job killed later still leaves its log in the run

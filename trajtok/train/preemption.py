@@ -33,8 +33,11 @@ class StopRequest:
     def __init__(self) -> None:
         self.signum = 0
         self.previous: dict[int, Any] = {}
+        self.group: Any = None  # where the ranks agree: a host-side (gloo) group, never the GPUs' NCCL
 
     def __enter__(self) -> StopRequest:
+        if torch.distributed.get_backend() != "gloo":  # every rank enters: new_group is collective
+            self.group = torch.distributed.new_group(backend="gloo")
         for signum in STOP_SIGNALS:
             self.previous[signum] = signal.getsignal(signum)
             if self.previous[signum] is not signal.SIG_IGN:
@@ -51,10 +54,11 @@ class StopRequest:
     def _note(self, signum: int, frame: Any) -> None:
         self.signum = self.signum or signum
 
-    def agreed(self, device: torch.device) -> int:
-        """The stop signal any rank has seen (0: none); every rank calls this at the end of the same step."""
-        seen = torch.tensor([self.signum], dtype=torch.int64, device=device)
-        torch.distributed.all_reduce(seen, op=torch.distributed.ReduceOp.MAX)
+    def agreed(self) -> int:
+        """The stop signal any rank has seen (0: none); every rank calls this at the end of the same step.
+        A CPU all-reduce over a gloo group: the training step's GPU work is never waited for."""
+        seen = torch.tensor([self.signum], dtype=torch.int64)
+        torch.distributed.all_reduce(seen, op=torch.distributed.ReduceOp.MAX, group=self.group)
         return int(seen.item())
 
     def hand_on(self, signum: int) -> None:
