@@ -30,6 +30,7 @@ LABELERS: dict[str, str] = {
     "classical": "pseudolabel.classical:ClassicalLabeler",
     "sam2": "pseudolabel.sam2_labeler:Sam2Labeler",
     "import": "pseudolabel.imported:ImportLabeler",
+    "trajtok": "pseudolabel.trajtok_labeler:TrajTokLabeler",
 }
 
 
@@ -93,22 +94,28 @@ class Labeler(ABC):
     ) -> LabelResult:
         """Label one clip: frames (T, H, W, 3) uint8 RGB, timestamps (T,) seconds, and the video it came
         from (only labelers that read files beside the video use it)."""
-        times = _check_clip(frames, timestamps)
-        labels = self._label(frames, times, source)
-        validate_labels(
-            labels,
-            f"{self.name} labels",
-            num_frames=frames.shape[0],
-            frame_size=frames.shape[1:3],
-            max_trajectories=self.max_trajectories,
-        )
-        return LabelResult(labels, trajectory_stats(labels))
+        return self.label_batch([(frames, timestamps, source)])[0]
 
     def label_batch(
         self, clips: Sequence[tuple[np.ndarray, Sequence[float], str | None]]
     ) -> list[LabelResult]:
-        """Label several clips; labelers that batch on a device override this."""
-        return [self.label(frames, times, source) for frames, times, source in clips]
+        """Label several clips, each checked against the contract (labelers that batch on a device
+        override `_label_batch`)."""
+        checked = [(frames, _check_clip(frames, times), source) for frames, times, source in clips]
+        results = []
+        for (frames, _, _), labels in zip(checked, self._label_batch(checked), strict=True):
+            validate_labels(
+                labels,
+                f"{self.name} labels",
+                num_frames=frames.shape[0],
+                frame_size=frames.shape[1:3],
+                max_trajectories=self.max_trajectories,
+            )
+            results.append(LabelResult(labels, trajectory_stats(labels)))
+        return results
+
+    def _label_batch(self, clips: list[tuple[np.ndarray, np.ndarray, str | None]]) -> list[np.ndarray]:
+        return [self._label(frames, times, source) for frames, times, source in clips]
 
     @abstractmethod
     def _label(self, frames: np.ndarray, timestamps: np.ndarray, source: str | None) -> np.ndarray:

@@ -29,6 +29,7 @@ from skimage.filters import sobel
 from skimage.segmentation import felzenszwalb, slic, watershed
 
 from pseudolabel.base import DEFAULT_MAX_TRAJECTORIES, Labeler, Requirements
+from pseudolabel.cleanup import merge_small, roots
 from trajtok.data.labels import LABEL_DTYPE, relabel, resize_labels, short_side_size
 from trajtok.errors import ConfigError
 
@@ -193,16 +194,7 @@ def merge_by_colour(
             lo, hi = min(a, c), max(a, c)
             heapq.heappush(heap, (cost(lo, hi), lo, hi, version[lo], version[hi]))
         free -= 1
-    return _roots(parent)
-
-
-def _roots(parent: np.ndarray) -> np.ndarray:
-    """Union-find parents -> each element's root."""
-    while True:
-        grand = parent[parent]
-        if np.array_equal(grand, parent):
-            return parent
-        parent = grand
+    return roots(parent)
 
 
 class _Flow:
@@ -362,51 +354,3 @@ def _warp(labels: np.ndarray, coords: np.ndarray) -> np.ndarray:
         borderValue=0,
     )
     return np.rint(warped).astype(np.int64)
-
-
-# --- clean-up over the clip ---------------------------------------------------------------------------
-
-
-def merge_small(labels: np.ndarray, min_area: float, max_trajectories: int) -> np.ndarray:
-    """Merge trajectories smaller than `min_area` of the clip, and then the smallest until at most
-    `max_trajectories` remain, each into the trajectory it shares the most boundary with."""
-    ids, inverse = np.unique(labels, return_inverse=True)
-    compact = inverse.reshape(labels.shape)
-    k = len(ids)
-    area = np.bincount(compact.ravel(), minlength=k).astype(np.int64)
-    a = np.concatenate([compact[:, :, :-1].ravel(), compact[:, :-1, :].ravel()])
-    b = np.concatenate([compact[:, :, 1:].ravel(), compact[:, 1:, :].ravel()])
-    keep = a != b
-    touch = np.bincount(a[keep] * k + b[keep], minlength=k * k).reshape(k, k)
-    touch = touch + touch.T
-    unlabelled = ids == 0
-    touch[:, unlabelled] = 0
-    parent = np.arange(k)
-    alive = ~unlabelled  # trajectories that still exist
-    settled = np.zeros(k, bool)  # kept although small: they touch no other trajectory
-    dropped = np.zeros(k, bool)
-    floor = min_area * labels.size
-    while (alive & ~settled).any():
-        count = int(np.count_nonzero(alive))
-        open_ids = np.flatnonzero(alive & ~settled)
-        smallest = open_ids[np.argmin(area[open_ids])]
-        if area[smallest] >= floor and count <= max_trajectories:
-            break
-        alive[smallest] = False
-        partner = int(np.argmax(touch[smallest]))
-        if touch[smallest, partner] == 0:
-            if count <= max_trajectories:
-                alive[smallest] = settled[smallest] = True
-            else:
-                dropped[smallest] = True
-            continue
-        parent[smallest] = partner
-        area[partner] += area[smallest]
-        touch[partner] += touch[smallest]
-        touch[:, partner] += touch[:, smallest]
-        touch[partner, partner] = 0
-        touch[smallest] = 0
-        touch[:, smallest] = 0
-    parent = _roots(parent)
-    out_ids = np.where(dropped[parent], 0, ids[parent])
-    return out_ids[compact]

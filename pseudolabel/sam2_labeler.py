@@ -4,7 +4,8 @@ This is the paper's segment-and-track recipe with SAM 2 doing both parts. The cl
 `chunk_frames` frames that share their boundary frame. On each chunk's first frame the automatic mask
 generator proposes masks (painted largest first, so smaller masks, the parts, stay on top); the video
 predictor carries every mask through the chunk. On the frame two chunks share, a trajectory of the new
-chunk takes the id of the old one it overlaps at IoU >= `link_iou` (one-to-one), else a new id.
+chunk takes the id of the old one it overlaps at IoU >= `link_iou` (one-to-one), else a new id
+(`trajtok.data.label_windows`, the linking the `trajtok` labeller uses too).
 
 It needs the optional `sam2` package (`pip install '.[sam2]'`) and a checkpoint the user provides
 (`pseudolabel.params.checkpoint`); nothing is downloaded. `random_weights=true` builds the model from the
@@ -20,9 +21,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from scipy.optimize import linear_sum_assignment
 
 from pseudolabel.base import DEFAULT_MAX_TRAJECTORIES, Labeler, Requirements, keep_largest
+from trajtok.data.label_windows import link_ids
 from trajtok.data.labels import LABEL_DTYPE, relabel
 from trajtok.errors import ConfigError
 
@@ -45,7 +46,7 @@ class Sam2Params:
 
 class Sam2Labeler(Labeler):
     name = "sam2"
-    version = "1"
+    version = "2"
     Params = Sam2Params
 
     def __init__(
@@ -93,12 +94,10 @@ class Sam2Labeler(Labeler):
             for start in range(0, max(t - 1, 1), step):
                 stop = min(start + step + 1, t)
                 chunk = self._track(predictor, frames[start:stop])
-                if start == 0:
-                    ids = np.arange(1, chunk.shape[0] + 1)
-                else:
-                    ids = _link(labels[start], chunk[:, 0], self.params.link_iou, next_id)
-                next_id = max(next_id, int(ids.max(initial=0)) + 1)
-                painted = _paint(chunk, ids)
+                painted = _paint(chunk, np.arange(1, chunk.shape[0] + 1))
+                if start:  # the chunk's first frame is the previous chunk's last: link there
+                    painted = link_ids(labels[start], painted, self.params.link_iou, next_id)[painted]
+                next_id = max(next_id, int(painted.max(initial=0)) + 1)
                 labels[start + 1 : stop] = painted[1:]
                 if start == 0:
                     labels[0] = painted[0]
@@ -149,25 +148,6 @@ def _paint(masks: np.ndarray, ids: np.ndarray) -> np.ndarray:
     for mask, i in zip(masks, ids):
         out[mask] = i
     return out
-
-
-def _link(previous: np.ndarray, first: np.ndarray, threshold: float, next_id: int) -> np.ndarray:
-    """Ids for a chunk's trajectories from their masks on the frame the previous chunk also labelled:
-    one-to-one by IoU (Hungarian), a match needs IoU >= threshold; the rest get new ids."""
-    old_ids = np.unique(previous[previous > 0])
-    ids = np.arange(next_id, next_id + len(first))
-    if not len(old_ids) or not len(first):
-        return ids
-    old = previous[None] == old_ids[:, None, None]
-    inter = np.einsum("nhw,mhw->nm", first.astype(np.float32), old.astype(np.float32))
-    union = first.sum(axis=(1, 2))[:, None] + old.sum(axis=(1, 2))[None, :] - inter
-    iou = inter / np.maximum(union, 1)
-    rows, cols = linear_sum_assignment(iou, maximize=True)
-    good = iou[rows, cols] >= threshold
-    ids[rows[good]] = old_ids[cols[good]]
-    fresh = np.setdiff1d(np.arange(len(first)), rows[good])
-    ids[fresh] = np.arange(next_id, next_id + len(fresh))
-    return ids
 
 
 def _autocast(device):

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import ray
 import webdataset as wds
+from exported_runs import write_weights
 from mlflow import MlflowClient
 from video_corpus import gradient, write_packed_b_frames_avi
 
@@ -32,6 +33,7 @@ from pipeline.dispatch import WorkerStatus, run_shards
 from pipeline.job import cluster_workers, run_shard_job, worker_gpus
 from pipeline.plan import ShardPlan, plan_shards
 from pipeline.shard_report import inspect_shards
+from pseudolabel.base import build_labeler
 from trajtok.config import JobConfig, SynthConfig, load_config
 from trajtok.data.encode import write_video
 from trajtok.data.sample import decode_sample, validate_sample
@@ -385,12 +387,47 @@ def test_cli_exit_status(local_ray, mixed_manifest: Path, tmp_path: Path, capsys
     assert "cannot write there" in capsys.readouterr().err
 
 
-def test_worker_gpus_follow_the_labeler_and_the_cluster(local_ray):
+def test_a_trained_segmenter_labels_a_shard_job(local_ray, mixed_manifest: Path, tmp_path: Path):
+    """`pseudolabel.name=trajtok` through Ray, one actor holding the model: every sample is labelled and its
+    json names the model (weights digest, step), so a shard says which model labelled it."""
+    run = write_weights(tmp_path / "segmenter-run", name="segmenter", step=7)
+    manifest = tmp_path / "three.jsonl"
+    lines = mixed_manifest.read_text().splitlines()
+    manifest.write_text("\n".join([lines[0], lines[1], lines[5]]) + "\n")  # two synthetic, vtest.avi
+    cfg = _config(
+        load_config(None, [f"data.manifest={manifest}"]),
+        tmp_path / "out",
+        tmp_path,
+        "pseudolabel.name=trajtok",
+        f"pseudolabel.params={{weights: {run}, batch_size: 2}}",
+        "pipeline.label_actors=1",
+    )
+    summary = run_shard_job(cfg)
+    assert summary["written"] == 3 and summary["clips"] == 6 and summary["failed"] == 0
+    digest = build_labeler("trajtok", {"weights": str(run)}).describe()["source"]["sha256"]
+    samples = [
+        s
+        for tar in sorted((tmp_path / "out").glob("*.tar"))
+        for s in wds.WebDataset(str(tar), shardshuffle=False)
+    ]
+    assert len(samples) == 6
+    for sample in samples:
+        validate_sample(sample)
+        clip = decode_sample(sample)
+        assert clip.meta.labeler.name == "trajtok" and clip.meta.labeler.source["sha256"] == digest
+        assert clip.meta.labeler.source["step"] == 7 and clip.meta.num_trajectories >= 1
+        assert clip.labels.shape == clip.frames.shape[:3]
+
+
+def test_worker_gpus_follow_the_labeler_and_the_cluster(local_ray, tmp_path: Path):
     assert worker_gpus(load_config(None, [])) == 0.0  # classical runs on the CPU
     sam2 = ["pseudolabel.name=sam2", "pseudolabel.params={random_weights: true}"]
     expected = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     assert worker_gpus(load_config(None, sam2)) == expected
     assert worker_gpus(load_config(None, [*sam2, "pipeline.label_gpus=0.25"])) == 0.25
+    run = write_weights(tmp_path / "run", name="segmenter")
+    trajtok = ["pseudolabel.name=trajtok", f"pseudolabel.params={{weights: {run}}}"]
+    assert worker_gpus(load_config(None, trajtok)) == expected  # a GPU where the cluster has one
     assert cluster_workers(0.0) == int(ray.cluster_resources()["CPU"])
 
 

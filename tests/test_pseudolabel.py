@@ -14,7 +14,8 @@ from pseudolabel.base import (
     labeler_class,
     labeler_from_config,
 )
-from pseudolabel.classical import ClassicalLabeler, merge_by_colour, merge_small, shots
+from pseudolabel.classical import ClassicalLabeler, merge_by_colour, shots
+from pseudolabel.cleanup import merge_small
 from trajtok.config import PseudolabelConfig, load_config
 from trajtok.data.labels import LABEL_DTYPE, resize_frames, short_side_size, trajectory_stats, validate_labels
 from trajtok.data.synth import generate_clip

@@ -9,7 +9,8 @@ A sample is a dict of entries (bytes), written to a tar as `<key>.<entry>`:
 - `labels.npz`: the (T, H, W) uint16 label map of exactly those frames (`trajtok.data.labels`); absent
   only in unlabelled samples (`labeler` and `num_trajectories` are then null);
 - `json`: the fields of `SampleMeta` (captions, source, clip window, frame timestamps, original fps and
-  size, labeler name/version/params, number of trajectories, schema version, free-form `extra`).
+  size, labeler name/version/params (and `source`, the model a learned labeller ran), number of
+  trajectories, schema version, free-form `extra`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from trajtok.data.labels import count_trajectories, decode_labels, encode_labels
 from trajtok.errors import LabelFormatError, SchemaError, TrajTokError
 
 SCHEMA_VERSION = 1
+LABELER_FIELDS = {"name", "version", "params", "source"}  # source: optional
 FRAME_FORMATS = ("mp4", "jpg", "png")
 LABELS_ENTRY = "labels.npz"
 META_ENTRY = "json"
@@ -50,6 +52,7 @@ class LabelerInfo:
     name: str
     version: str
     params: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)  # the model a learned labeller ran (optional)
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,10 @@ def build_sample(
 def _labeler_dict(labeler: LabelerInfo | Mapping[str, Any] | None) -> dict[str, Any] | None:
     if labeler is None:
         return None
-    return dataclasses.asdict(labeler) if isinstance(labeler, LabelerInfo) else dict(labeler)
+    info = dataclasses.asdict(labeler) if isinstance(labeler, LabelerInfo) else dict(labeler)
+    if not info.get("source"):  # optional: absent rather than empty
+        info.pop("source", None)
+    return info
 
 
 def validate_sample(sample: Mapping[str, Any], *, decode_frames: bool = False) -> None:
@@ -441,12 +447,14 @@ def _check_meta(raw: Any, key: str) -> SampleMeta:
 def _check_labeler(value: Any, bad) -> LabelerInfo | None:
     if value is None:
         return None
-    if not isinstance(value, dict) or set(value) != {"name", "version", "params"}:
-        raise bad("labeler", "expected {name, version, params} or null")
+    if not isinstance(value, dict) or not {"name", "version", "params"} <= set(value) <= LABELER_FIELDS:
+        raise bad("labeler", "expected {name, version, params[, source]} or null")
     if not isinstance(value["name"], str) or not value["name"]:
         raise bad("labeler.name", "expected a non-empty string")
     if not isinstance(value["version"], str) or not value["version"]:
         raise bad("labeler.version", "expected a non-empty string")
     if not isinstance(value["params"], dict):
         raise bad("labeler.params", "expected a JSON object")
-    return LabelerInfo(value["name"], value["version"], value["params"])
+    if not isinstance(value.get("source", {}), dict):
+        raise bad("labeler.source", "expected a JSON object")
+    return LabelerInfo(value["name"], value["version"], value["params"], value.get("source", {}))
