@@ -60,7 +60,7 @@ def real_clips(shared_videos):
 
 
 def test_registry_names_and_config():
-    assert available_labelers() == ["classical", "import", "sam2"]
+    assert available_labelers() == ["classical", "import", "sam2", "trajtok"]
     assert isinstance(labeler_from_config(PseudolabelConfig()), ClassicalLabeler)
     with pytest.raises(ConfigError, match="unknown labeler 'nope'.*classical, import, sam2"):
         labeler_class("nope")

@@ -448,7 +448,7 @@ def _check_labeler(value: Any, bad) -> LabelerInfo | None:
     if value is None:
         return None
     if not isinstance(value, dict) or not {"name", "version", "params"} <= set(value) <= LABELER_FIELDS:
-        raise bad("labeler", "expected {name, version, params[, source]} or null")
+        raise bad("labeler", "expected {name, version, params} with an optional source, or null")
     if not isinstance(value["name"], str) or not value["name"]:
         raise bad("labeler.name", "expected a non-empty string")
     if not isinstance(value["version"], str) or not value["version"]:
