@@ -46,9 +46,10 @@ class DemoResult:
     tracking_uri: str
     pictures: list[Path]
     seconds: float
+    label_rounds: list[Any] = field(default_factory=list)  # launch.selflabel.LabelRound, with demo.rounds > 1
 
 
-def _stage(number: int, total: int, title: str) -> None:
+def stage(number: int, total: int, title: str) -> None:
     print(f"\n== [{number}/{total}] {title}", flush=True)
 
 
@@ -138,17 +139,19 @@ def label_real_videos(cfg: JobConfig, out: Path) -> list[Path]:
     return pictures
 
 
-def make_shards(cfg: JobConfig, manifest: Path, out: Path) -> str:
-    """Pseudo-label the training set and write its WebDataset shards with the Ray pipeline."""
+def make_shards(cfg: JobConfig, manifest: Path, out: Path, folder: str = "") -> str:
+    """Pseudo-label the training set and write its WebDataset shards with the Ray pipeline (into
+    `shards/` and `runs/shard`, or `shards-<folder>` and `runs/shard-<folder>`)."""
     from pipeline.job import run_shard_job
 
-    shard_dir = out / "shards"
+    suffix = f"-{folder}" if folder else ""
+    shard_dir = out / f"shards{suffix}"
     job = with_changes(
         cfg,
         **{
             "data.manifest": str(manifest),
             "pipeline.out": str(shard_dir),
-            "run_dir": str(out / "runs/shard"),
+            "run_dir": str(out / f"runs/shard{suffix}"),
         },
     )
     summary = run_shard_job(job)
@@ -176,13 +179,16 @@ def segmenter_stage(cfg: JobConfig) -> dict[str, Any]:
     return {"train.steps": cfg.demo.segmenter_steps, "train.lr": cfg.demo.segmenter_lr, "train.eval_every": 0}
 
 
-def train_model(cfg: JobConfig, name: str, shards: str, out: Path, **changes: Any) -> tuple[Path, float]:
-    """Train one model with DeepSpeed in `launch.nproc` local processes: its run directory and the seconds
-    the training took (kept in the run directory, so a rerun that reuses the run reports them too)."""
+def train_model(
+    cfg: JobConfig, name: str, shards: str, out: Path, run_name: str = "", **changes: Any
+) -> tuple[Path, float]:
+    """Train one model with DeepSpeed in `launch.nproc` local processes: its run directory (`runs/<run_name
+    or name>`) and the seconds the training took (kept in the run directory, so a rerun that reuses the run
+    reports them too)."""
     from launch.local import run_local
     from trajtok.models.weights import WEIGHTS_FILE
 
-    run_dir = out / "runs" / name
+    run_dir = out / "runs" / (run_name or name)
     seconds_file = run_dir / TRAIN_SECONDS_FILE
     reused = (run_dir / WEIGHTS_FILE).is_file() and seconds_file.is_file()
     job = with_changes(cfg, **{"model.name": name, "data.shards": shards, "run_dir": str(run_dir), **changes})
@@ -233,19 +239,23 @@ def run_demo(cfg: JobConfig) -> DemoResult:
     )
     if cfg.demo.segmenter_steps < 0:
         raise ConfigError(f"demo.segmenter_steps {cfg.demo.segmenter_steps}: must be >= 0 (0 = no stage 1)")
+    if cfg.demo.rounds < 1 or (cfg.demo.rounds > 1 and "trajvit2" not in cfg.demo.models):
+        raise ConfigError(
+            f"demo.rounds {cfg.demo.rounds}: must be >= 1, and > 1 only with trajvit2 in demo.models"
+        )
     save_config(cfg, out)
     two_stage = "trajvit2" in cfg.demo.models and cfg.demo.segmenter_steps > 0
     trajvit2_steps = cfg.train.steps + (cfg.demo.segmenter_steps if two_stage else 0)
-    total = 4 + len(cfg.demo.models) + two_stage
+    total = 4 + len(cfg.demo.models) + two_stage + (cfg.demo.rounds - 1) * (2 + cfg.demo.control)
     stages = iter(range(1, total + 1))
 
-    _stage(next(stages), total, "training and held-out sets")
+    stage(next(stages), total, "training and held-out sets")
     train_manifest, heldout_manifest = data_sets(cfg, out)
     cfg = with_held_out(cfg, heldout_manifest)
     scored = has_ground_truth(heldout_manifest)
-    _stage(next(stages), total, f"pseudo-labels ({cfg.pseudolabel.name}) of the real sample videos")
+    stage(next(stages), total, f"pseudo-labels ({cfg.pseudolabel.name}) of the real sample videos")
     pictures = label_real_videos(cfg, out)
-    _stage(next(stages), total, "pseudo-labels and WebDataset shards of the training set (Ray)")
+    stage(next(stages), total, "pseudo-labels and WebDataset shards of the training set (Ray)")
     shards = make_shards(cfg, train_manifest, out)
 
     def evaluated(name: str, run_dir: Path, segments: bool, steps: int, seconds: float) -> ModelResult:
@@ -260,7 +270,7 @@ def run_demo(cfg: JobConfig) -> DemoResult:
     init, init_seconds = "", 0.0
     if two_stage:
         steps = cfg.demo.segmenter_steps
-        _stage(
+        stage(
             next(stages), total, f"trajvit2 stage 1: the segmenter alone on the pseudo-labels, {steps} steps"
         )
         run_dir, init_seconds = train_model(cfg, "segmenter", shards, out, **segmenter_stage(cfg))
@@ -269,24 +279,38 @@ def run_demo(cfg: JobConfig) -> DemoResult:
     for name in cfg.demo.models:
         if name == "trajvit2":
             title = "trajvit2" + (" stage 2: the whole model, warm-started from stage 1" if init else "")
-            _stage(next(stages), total, f"train {title} (DeepSpeed, {cfg.launch.nproc} processes)")
+            stage(next(stages), total, f"train {title} (DeepSpeed, {cfg.launch.nproc} processes)")
             run_dir, seconds = train_model(cfg, name, shards, out, **{"model.init": init})
             results.append(evaluated(name, run_dir, True, trajvit2_steps, seconds + init_seconds))
+            round1 = (run_dir, results[-1], shards)
         else:
             steps = trajvit2_steps if "trajvit2" in cfg.demo.models else cfg.train.steps
-            _stage(
+            stage(
                 next(stages), total, f"train {name}, {steps} steps (DeepSpeed, {cfg.launch.nproc} processes)"
             )
             run_dir, seconds = train_model(cfg, name, shards, out, **{"train.steps": steps})
             results.append(evaluated(name, run_dir, False, steps, seconds))
 
-    _stage(next(stages), total, "results on the held-out clips")
+    labellers = []
+    if cfg.demo.rounds > 1:
+        from launch.selflabel import later_rounds
+
+        rounds, labellers = later_rounds(cfg, train_manifest, out, round1, stages, total, evaluated)
+        results += rounds
+
+    stage(next(stages), total, "results on the held-out clips")
+    label_rounds = []
+    if cfg.demo.rounds > 1:
+        from launch.selflabel import label_rounds as scored_rounds
+
+        label_rounds = scored_rounds(cfg, labellers, heldout_manifest, scored)
     result = DemoResult(
         models=results,
         chance_r1=chance_recall_at_1(len(read_items(str(heldout_manifest)))),
         tracking_uri=cfg.tracking.uri,
         pictures=pictures,
         seconds=time.perf_counter() - start,
+        label_rounds=label_rounds,
     )
     write_json(out / "results.json", _as_json(result), indent=2)
     print(format_table(result))
@@ -300,6 +324,7 @@ def _as_json(result: DemoResult) -> dict[str, Any]:
         "tracking_uri": result.tracking_uri,
         "pictures": [str(p) for p in result.pictures],
         "seconds": result.seconds,
+        "label_rounds": [vars(r) for r in result.label_rounds],
     }
 
 
@@ -307,29 +332,40 @@ def _cell(values: dict[str, float], key: str, width: int, digits: int, missing: 
     return f"{values[key]:>{width}.{digits}f}" if key in values else f"{missing:>{width}}"
 
 
+def mean_recall(retrieval: dict[str, float], k: int) -> float | None:
+    """R@k as the table shows it: the mean of text-to-video and video-to-text (None when not evaluated)."""
+    if f"t2v_R@{k}" not in retrieval:
+        return None
+    return (retrieval[f"t2v_R@{k}"] + retrieval[f"v2t_R@{k}"]) / 2
+
+
 def format_table(result: DemoResult) -> str:
-    """The comparison a person reads first: compute spent, retrieval, tokens per clip, segmenter quality.
+    """The comparison a person reads first: compute spent, retrieval, tokens per clip, segmenter quality;
+    with self-labelling rounds, each round's labels too.
 
     Retrieval R@K is the mean of text-to-video and video-to-text; seg n/a = the held-out set has no ground
     truth to score against."""
+    width = max(10, *(len(m.name) for m in result.models))
     header = (
-        f"{'model':<10} {'steps':>6} {'train s':>8} {'R@1':>6} {'R@5':>6} {'t2v R@1':>8} {'v2t R@1':>8} "
+        f"{'model':<{width}} {'steps':>6} {'train s':>8} {'R@1':>6} {'R@5':>6} {'t2v R@1':>8} {'v2t R@1':>8} "
         f"{'tokens/clip':>11} {'seg VEQ':>8} {'seg mBO':>8}"
     )
     lines = [header, "-" * len(header)]
     for m in result.models:
         r, s = dict(m.retrieval), m.segmentation
-        for k in (1, 5):
-            if f"t2v_R@{k}" in r:
-                r[f"R@{k}"] = (r[f"t2v_R@{k}"] + r[f"v2t_R@{k}"]) / 2
+        r.update({f"R@{k}": mean_recall(r, k) for k in (1, 5) if mean_recall(r, k) is not None})
         unscored = "n/a" if m.name != "vit3d" else "-"
         lines.append(
-            f"{m.name:<10} {m.steps:>6} {m.train_seconds:>8.0f} {_cell(r, 'R@1', 6, 1)} "
+            f"{m.name:<{width}} {m.steps:>6} {m.train_seconds:>8.0f} {_cell(r, 'R@1', 6, 1)} "
             f"{_cell(r, 'R@5', 6, 1)} {_cell(r, 't2v_R@1', 8, 1)} {_cell(r, 'v2t_R@1', 8, 1)} "
             f"{_cell(m.train, 'train/tokens_per_clip/mean', 11, 1)} "
             f"{_cell(s, 'veq', 8, 3, unscored)} {_cell(s, 'mean_best_overlap', 8, 3, unscored)}"
         )
     lines.append(f"R@K in %, chance R@1 = {result.chance_r1:.1f}%; {result.seconds / 60:.1f} min in all")
+    if result.label_rounds:
+        from launch.selflabel import format_rounds
+
+        lines += ["", format_rounds(result.label_rounds, result.models)]
     if result.pictures:
         lines.append("pseudo-label pictures: " + ", ".join(str(p) for p in result.pictures))
     lines.append(f"open the MLflow runs: mlflow ui --backend-store-uri {result.tracking_uri}")

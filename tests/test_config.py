@@ -60,6 +60,31 @@ def test_missing_file_and_bad_yaml(tmp_path: Path):
         load_config(broken)
 
 
+def test_a_file_extends_its_base_and_overrides_it(tmp_path: Path):
+    (tmp_path / "base.yaml").write_text("train:\n  steps: 7\n  lr: 0.5\nclip:\n  frames: 4\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "mid.yaml").write_text("extends: ../base.yaml\ntrain:\n  steps: 9\n")
+    (tmp_path / "top.yaml").write_text("extends: sub/mid.yaml\nclip:\n  frames: 6\n")
+    cfg = load_config(tmp_path / "top.yaml", ["train.lr=0.25"])
+    assert (cfg.train.steps, cfg.train.lr, cfg.clip.frames) == (9, 0.25, 6)
+
+
+@pytest.mark.parametrize(
+    ("files", "problem"),
+    [
+        ({"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: a.yaml\n"}, "extends itself"),
+        ({"a.yaml": "extends: gone.yaml\n"}, "gone.yaml: config file not found"),
+        ({"a.yaml": "- a list\n"}, "expected a mapping of settings"),
+    ],
+)
+def test_bad_extends_is_one_line(tmp_path: Path, files: dict[str, str], problem: str):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=problem) as err:
+        load_config(tmp_path / "a.yaml")
+    assert "a.yaml" in str(err.value) and "\n" not in str(err.value)
+
+
 def test_cli_prints_one_line_without_traceback(tmp_path: Path):
     proc = subprocess.run(
         [sys.executable, "-m", "launch.cli", "config", "train.lrr=1"], capture_output=True, text=True

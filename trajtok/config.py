@@ -274,6 +274,8 @@ class DemoConfig:
     heldout_manifest: str = ""  # ... and held-out set (its `gt_labels` column, if any, scores the segmenter)
     segmenter_steps: int = 150  # stage 1 of trajvit2: the segmenter alone on the pseudo-labels; 0 = none
     segmenter_lr: float = 3.0e-3  # stage 1's peak learning rate (its own warm-up and cosine)
+    rounds: int = 1  # self-labelling: round r > 1 relabels the training set with round r-1's trajvit2
+    control: bool = True  # ... and also trains round r on round 1's labels, for as many steps, to compare
 
 
 @dataclass
@@ -314,6 +316,7 @@ def _yaml_loader() -> type:
 
 
 YAML_LOADER = _yaml_loader()
+EXTENDS_KEY = "extends"  # a config file's base file, read first
 
 
 def _override(item: str) -> DictConfig:
@@ -330,6 +333,27 @@ def _describe(err: OmegaConfBaseException) -> str:
     return f"key '{key}': {reason}" if key else reason
 
 
+def _config_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[DictConfig]:
+    """The YAML file at `path` after the files it `extends` (a path relative to it), base first: a config
+    that differs from another in a few keys names it instead of copying it."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: extends itself through {' -> '.join(p.name for p in seen)}")
+    try:
+        data = yaml.load(path.read_text(), Loader=YAML_LOADER) or {}
+    except Exception as err:  # yaml.YAMLError and friends: one line is enough for the user
+        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    base = data.pop(EXTENDS_KEY, None)
+    layers = [OmegaConf.create(data)]
+    if base is None:
+        return layers
+    parent = path.parent / str(base)
+    if not parent.is_file():
+        raise ConfigError(f"{path}: {EXTENDS_KEY}: {parent}: config file not found")
+    return _config_layers(parent, (*seen, path.resolve())) + layers
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
     """Build a validated `JobConfig` from the schema, an optional YAML file and dotlist overrides."""
     merged: DictConfig = OmegaConf.structured(JobConfig)
@@ -337,14 +361,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        try:
-            file_cfg = OmegaConf.create(yaml.load(path.read_text(), Loader=YAML_LOADER) or {})
-        except Exception as err:  # yaml.YAMLError and friends: one line is enough for the user
-            raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
-        try:
-            merged = OmegaConf.merge(merged, file_cfg)
-        except OmegaConfBaseException as err:
-            raise ConfigError(f"{path}: {_describe(err)}") from None
+        for layer in _config_layers(path):
+            try:
+                merged = OmegaConf.merge(merged, layer)
+            except OmegaConfBaseException as err:
+                raise ConfigError(f"{path}: {_describe(err)}") from None
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key=value")

@@ -96,14 +96,15 @@ def augment_clip(
 
 
 def center_clip(
-    frames: np.ndarray, labels: np.ndarray | None, size: int
+    frames: np.ndarray, labels: np.ndarray | None, size: int, labels_on_grid: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The evaluation view: the centred square of the short side, resized to `size` (labels to the grid)."""
+    """The evaluation view: the centred square of the short side, resized to `size` (labels to the
+    segmenter's grid, or to `size` too where a full-resolution map is scored)."""
     box = center_crop_box(frames.shape[1], frames.shape[2], min(frames.shape[1:3]))
     frames = resize_frames(crop_frames(frames, box), (size, size))
     if labels is not None:
-        grid = label_grid(size)
-        labels = resize_labels(crop_labels(labels, box), (grid, grid))
+        side = label_grid(size) if labels_on_grid else size
+        labels = resize_labels(crop_labels(labels, box), (side, side))
     return frames, labels
 
 

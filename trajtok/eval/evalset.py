@@ -106,10 +106,13 @@ def _shard_items(url: str) -> list[EvalItem]:
 
 class EvalClips(Dataset):
     """Decoded clips of an evaluation set: `{"frames": (T, 3, S, S) uint8}` plus `"labels"` (T, S/4, S/4)
-    int64 when `with_labels` (segmentation quality)."""
+    int64 when `with_labels` (segmentation quality; (T, S, S) with `full_labels`, for label maps made at
+    the clip's size)."""
 
-    def __init__(self, items: list[EvalItem], clip: ClipConfig, with_labels: bool = False):
-        self.items, self.clip, self.with_labels = items, clip, with_labels
+    def __init__(
+        self, items: list[EvalItem], clip: ClipConfig, with_labels: bool = False, full_labels: bool = False
+    ):
+        self.items, self.clip, self.with_labels, self.full_labels = items, clip, with_labels, full_labels
 
     def __len__(self) -> int:
         return len(self.items)
@@ -120,7 +123,7 @@ class EvalClips(Dataset):
             frames, labels = self._from_shard(item.source)
         else:
             frames, labels = self._from_video(item.source)
-        frames, labels = center_clip(frames, labels, self.clip.size)
+        frames, labels = center_clip(frames, labels, self.clip.size, labels_on_grid=not self.full_labels)
         out = {"frames": torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)}
         if self.with_labels:
             out["labels"] = torch.from_numpy(labels.astype(np.int64))
