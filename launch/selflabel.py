@@ -78,7 +78,16 @@ def later_rounds(
     """Rounds 2..`demo.rounds` after round 1's trajvit2 (`first`: its run directory, result and shards):
     the models trained, and the run that labelled each round from round 2 on."""
     previous_run, previous, round1_shards = first
-    control_run, control = previous_run, previous
+    control = (previous_run, previous)
+
+    def continued(name: str, shards: str, start: tuple[Path, ModelResult]) -> tuple[Path, ModelResult]:
+        """`name` trained on `shards` for train.steps from `start`'s run, its steps and seconds added on."""
+        run_dir, seconds = train_model(
+            cfg, "trajvit2", shards, out, run_name=name, **{"model.init": str(start[0])}
+        )
+        steps, seconds = start[1].steps + cfg.train.steps, start[1].train_seconds + seconds
+        return run_dir, evaluated(name, run_dir, True, steps, seconds)
+
     results, labellers = [], []
     for number in range(2, cfg.demo.rounds + 1):
         stage(next(stages), total, f"round {number}: round {number - 1}'s trajvit2 relabels the training set")
@@ -90,19 +99,13 @@ def later_rounds(
         shards = make_shards(job, train_manifest, out, folder=f"round{number}")
         name = f"trajvit2-r{number}"
         stage(next(stages), total, f"round {number}: {name} on them, warm-started from round {number - 1}")
-        init = {"model.init": str(previous_run)}
-        run_dir, seconds = train_model(cfg, "trajvit2", shards, out, run_name=name, **init)
-        steps, seconds = previous.steps + cfg.train.steps, previous.train_seconds + seconds
-        previous, previous_run = evaluated(name, run_dir, True, steps, seconds), run_dir
+        previous_run, previous = continued(name, shards, (previous_run, previous))
         results.append(previous)
         if cfg.demo.control:
             name = f"trajvit2-r{number}-control"
             stage(next(stages), total, f"round {number} control: {name} on round 1's labels, as many steps")
-            init = {"model.init": str(control_run)}
-            run_dir, seconds = train_model(cfg, "trajvit2", round1_shards, out, run_name=name, **init)
-            steps, seconds = control.steps + cfg.train.steps, control.train_seconds + seconds
-            control, control_run = evaluated(name, run_dir, True, steps, seconds), run_dir
-            results.append(control)
+            control = continued(name, round1_shards, control)
+            results.append(control[1])
     return results, labellers
 
 

@@ -7,6 +7,7 @@ assertions over seeds; the quality bar itself is the benchmark's (BENCHMARKS.md,
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import webdataset as wds
 from mlflow_server import mlflow_server
 
 HELDOUT = 32
@@ -108,6 +110,47 @@ def test_demo_on_the_users_own_manifests(tmp_path: Path):
     assert results["chance_R@1"] == pytest.approx(25.0)
     trajvit2_row = next(line for line in proc.stdout.splitlines() if line.startswith("trajvit2 "))
     assert trajvit2_row.split()[-2:] == ["n/a", "n/a"]
+
+
+@pytest.mark.slow
+def test_self_labelling_rounds_at_tiny_size(tmp_path: Path, repo_root: Path):
+    """configs/demo-selflabel.yaml, every stage at a few steps: round 1's trajvit2 labels round 2's shards
+    (each sample names it), round 2 and its control start from round 1, both rounds' labels are scored."""
+    out = tmp_path / "selflabel"
+    tiny = (
+        "demo.train_videos=8 demo.heldout_videos=4 demo.segmenter_steps=2 train.steps=2 train.batch_size=4 "
+        "data.samples_per_epoch=8 eval.batch_size=4 launch.nproc=1 train.eval_every=0 "
+        f"demo.real_videos={tmp_path / 'none'}"
+    )
+    command = [
+        TRAJTOK,
+        "demo",
+        str(repo_root / "configs" / "demo-selflabel.yaml"),
+        f"demo.out={out}",
+        *tiny.split(),
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+    results = json.loads((out / "results.json").read_text())
+    steps = {m["name"]: m["steps"] for m in results["models"]}
+    assert steps == {"segmenter": 2, "trajvit2": 4, "trajvit2-r2": 6, "trajvit2-r2-control": 6}
+    rounds = results["label_rounds"]
+    assert [(r["round"], r["labeller"]) for r in rounds] == [
+        (1, "classical"),
+        (2, "trajtok (round 1 trajvit2)"),
+    ]
+    for r in rounds:
+        assert 0 <= r["quality"]["purity"] <= 1 and r["quality"]["num_trajectories"] >= 1
+    weights = out / "runs" / "trajvit2" / "weights.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    for sample in wds.WebDataset(str(out / "shards-round2" / "shard-000000.tar"), shardshuffle=False):
+        labeler = json.loads(sample["json"])["labeler"]
+        assert labeler["name"] == "trajtok" and labeler["source"]["sha256"] == digest
+    logs = proc.stdout + proc.stderr
+    assert logs.count(f"model.init {weights}") == 2  # round 2 and its control both start from round 1
+    table = proc.stdout[proc.stdout.index("self-labelling:") :]
+    assert "trajtok (round 1 trajvit2)" in table and "control R@5" in table
 
 
 @pytest.mark.parametrize(
