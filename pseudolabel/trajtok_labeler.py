@@ -79,13 +79,16 @@ class TrajTokLabeler(Labeler):
                 f"pseudolabel.params.weights: {self.weights} holds a '{model_cfg.get('name')}' model, which "
                 f"makes no trajectories (a {' or '.join(SEGMENTING_MODELS)} run is needed)"
             )
-        for key, value, least in (("batch_size", p.batch_size, 1), ("window_frames", p.window_frames, 0)):
-            if value < least or (key == "window_frames" and value == 1):
-                raise ConfigError(f"pseudolabel.params.{key}: {value} is too small")
-        self.window = p.window_frames or model_cfg.get("segment_chunk_frames") or clip_cfg["frames"]
-        self.window = max(self.window, 2)
-        if p.input_scale <= 0:
-            raise ConfigError(f"pseudolabel.params.input_scale: {p.input_scale} must be positive")
+        problems = {
+            "batch_size": p.batch_size < 1,
+            "window_frames": p.window_frames < 0 or p.window_frames == 1,  # windows share a frame
+            "input_scale": p.input_scale <= 0,
+        }
+        for key, wrong in problems.items():
+            if wrong:
+                raise ConfigError(f"pseudolabel.params.{key}: {getattr(p, key)} is out of range")
+        trained = model_cfg.get("segment_chunk_frames") or clip_cfg["frames"]
+        self.window = p.window_frames or max(trained, 2)  # a model trained on images still links pairs
         self.size = max(INPUT_MULTIPLE, round(clip_cfg["size"] * p.input_scale))
         self.source = _source(self.weights, metadata, model_cfg["name"])
         self._model = None  # loaded on first use, in the worker that labels
@@ -130,12 +133,11 @@ class TrajTokLabeler(Labeler):
     def _segment(self, batch: list[np.ndarray]) -> Iterator[np.ndarray]:
         """(T, H, W) ids 1..K of each window (T, H, W, 3) of one shape, at that shape."""
         import torch
-        import torch.nn.functional as F
 
         from trajtok.data.normalise import normalise_frames
 
         model, device = self._loaded()
-        t, height, width = batch[0].shape[:3]
+        height, width = batch[0].shape[1:3]
         size = short_side_size(height, width, self.size, INPUT_MULTIPLE)
         frames = torch.from_numpy(np.stack([resize_frames(w, size) for w in batch])).permute(0, 1, 4, 2, 3)
         with torch.inference_mode(), _autocast(device):
@@ -143,13 +145,8 @@ class TrajTokLabeler(Labeler):
         grid = segmentation.grid
         logits = segmentation.logits.float().view(len(batch), *grid, -1).permute(0, 1, 4, 2, 3)
         for window in logits:  # (T, K, h, w): one frame at a time keeps K x H x W floats small
-            frames_ids = [
-                F.interpolate(frame[None], size=(height, width), mode="bilinear", align_corners=False).argmax(
-                    dim=1
-                )[0]
-                for frame in window
-            ]
-            yield (torch.stack(frames_ids) + 1).cpu().numpy()
+            ids = [_upsample(frame, (height, width)).argmax(dim=0) for frame in window]
+            yield (torch.stack(ids) + 1).cpu().numpy()
 
     def _loaded(self):
         if self._model is None:
@@ -202,6 +199,13 @@ def _segmentation(model, frames):
     if tokenizer.shared_kv:
         return tokenizer(frames).segmentation
     return tokenizer.segmenter.segment(frames)[1]
+
+
+def _upsample(logits, size: tuple[int, int]):
+    """(K, h, w) logits -> (K, H, W), bilinear on the pixel-centre grid the label maps use."""
+    import torch.nn.functional as F
+
+    return F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 def _autocast(device):

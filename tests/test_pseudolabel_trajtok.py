@@ -108,8 +108,9 @@ def test_the_description_names_the_model_that_labelled(runs):
         ({}, "needs a trained run or weights file"),
         ({"weights": "/nowhere"}, "no weights there"),
         ({"weights": "vit3d"}, "holds a 'vit3d' model, which makes no trajectories"),
-        ({"weights": "segmenter", "window_frames": 1}, "window_frames: 1 is too small"),
-        ({"weights": "segmenter", "input_scale": 0}, "input_scale: 0"),
+        ({"weights": "segmenter", "window_frames": 1}, "window_frames: 1 is out of range"),
+        ({"weights": "segmenter", "input_scale": 0}, "input_scale: 0.0 is out of range"),
+        ({"weights": "segmenter", "batch_size": 0}, "batch_size: 0 is out of range"),
     ],
 )
 def test_bad_settings_are_one_line_errors(runs, params: dict, problem: str):
