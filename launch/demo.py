@@ -4,9 +4,9 @@ synthetic videos (or the user's `demo.train_manifest` / `demo.heldout_manifest`)
 (Ray) -> the release's two-stage recipe for `trajvit2` (the segmenter alone on the pseudo-labels, then the
 whole model warm-started from it, `model.init`) and `vit3d` for as many steps as both stages together, each
 with DeepSpeed in local processes -> all evaluated on the held-out clips -> MLflow runs, and a table that
-compares them, with each model's training steps and seconds.
-With `demo.rounds` > 1 (configs/demo-selflabel.yaml), trained trajvit2 runs label later rounds
-(`launch.selflabel`). The shared real videos are labelled too, for pictures a person can look at. Each stage is the same code a
+compares them, with each model's training steps and seconds. With `demo.rounds` > 1
+(configs/demo-selflabel.yaml), each round's trained trajvit2 labels the next (`launch.selflabel`).
+The shared real videos are labelled too, for pictures a person can look at. Each stage is the same code a
 user runs by hand (`trajtok synth`, `shard`, `train`, `eval`), so the demo is also their smoke test. Every
 stage is resumable: a rerun reuses the synthetic set, the finished shards and the trained runs.
 """
