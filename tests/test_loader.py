@@ -76,7 +76,7 @@ def test_no_two_readers_share_a_shard_sequence():
 def test_batches_have_the_contract_shapes(synthetic_shards):
     batch = _batches(_cfg(synthetic_shards.pattern), n=1)[0]
     assert batch["frames"].shape == (4, 8, 3, 64, 64) and batch["frames"].dtype == torch.uint8
-    assert batch["labels"].shape == (4, 8, 16, 16) and batch["labels"].dtype == torch.int64
+    assert batch["labels"].shape == (4, 8, 16, 16) and batch["labels"].dtype == torch.int16
     assert batch["labels"].max() > 0  # trajectories survive the crop
     assert len(batch["captions"]) == 4 and all(isinstance(c, str) and c for c in batch["captions"])
     assert batch["kind"] == "video" and batch["skipped"] == {}

@@ -5,12 +5,14 @@ from __future__ import annotations
 import socket
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from trajtok.config import LossConfig
+from trajtok.data.label_batch import label_ids, pack_labels
 from trajtok.losses import (
     IGNORE,
     contrastive_loss,
@@ -188,3 +190,15 @@ def test_contrastive_loss_in_two_processes_equals_the_joined_batch(tmp_path) -> 
     assert torch.allclose(torch.cat([r["video"] for r in ranks]) / world, joined_video.grad, atol=1e-6)
     assert torch.allclose(torch.cat([r["text"] for r in ranks]) / world, joined_text.grad, atol=1e-6)
     assert torch.isclose((ranks[0]["scale"] + ranks[1]["scale"]) / world, scale.grad, atol=1e-6)
+
+
+def test_a_batch_carries_uint16_ids_in_int16_and_the_loss_reads_them_back():
+    """The loader's int16 transport (a quarter of int64's bytes) loses no id, the largest included."""
+    ids = np.array([0, 1, 300, 32767, 32768, 40000, 65535], dtype=np.uint16)
+    maps = [np.resize(ids, (2, 4, 4)).astype(np.uint16), np.full((2, 4, 4), 65535, np.uint16)]
+    packed = pack_labels(maps)
+    assert packed.dtype == torch.int16 and packed.element_size() == 2
+    expected = torch.from_numpy(np.stack(maps).astype(np.int64))
+    assert torch.equal(label_ids(packed), expected)
+    assert torch.equal(labels_on_grid(packed, (2, 4, 4)), expected.flatten(1))
+    assert torch.equal(labels_on_grid(packed, (2, 2, 2)), labels_on_grid(expected, (2, 2, 2)))

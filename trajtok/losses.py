@@ -33,6 +33,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from trajtok.config import LossConfig
+from trajtok.data.label_batch import label_ids
 from trajtok.models.output import ModelOutput
 from trajtok.models.positions import Grid
 
@@ -100,11 +101,13 @@ def labels_per_row(labels: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def labels_on_grid(labels: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """Label maps (B, T, H, W) of any integer dtype -> (B, T*h*w) long on the logit grid (nearest)."""
-    if tuple(labels.shape[1:]) != tuple(grid):
+    """Label maps (B, T, H, W) of any integer dtype (int16: a batch's uint16 bits, `label_ids`) -> (B, T*h*w)
+    long ids on the logit grid (nearest)."""
+    ids = label_ids(labels)
+    if tuple(ids.shape[1:]) != tuple(grid):
         # float32 holds every uint16 id exactly; interpolate has no integer kernels
-        labels = F.interpolate(labels[:, None].float(), size=tuple(grid), mode="nearest")[:, 0]
-    return labels.long().flatten(1)
+        ids = F.interpolate(ids[:, None].float(), size=tuple(grid), mode="nearest")[:, 0].long()
+    return ids.flatten(1)
 
 
 def _match_one(probabilities: torch.Tensor, labels: torch.Tensor, num_trajectories: int) -> torch.Tensor:

@@ -50,6 +50,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from trajtok.config import JobConfig
 from trajtok.data.augment import AugmentParams, augment_clip, center_clip, label_grid
 from trajtok.data.colour import NO_COLOUR
+from trajtok.data.label_batch import pack_labels
 from trajtok.data.shard_urls import expand_shards
 from trajtok.errors import ConfigError, TrajTokError
 
@@ -254,7 +255,7 @@ class _GroupEpoch:
             reader.skipped = Counter()
         return {
             "frames": torch.from_numpy(np.stack([it["frames"] for it in items])).permute(0, 1, 4, 2, 3),
-            "labels": torch.from_numpy(np.stack([it["labels"] for it in items]).astype(np.int64)),
+            "labels": pack_labels([it["labels"] for it in items]),  # uint16 ids as int16 bits
             "colour": torch.from_numpy(np.stack([it["colour"] for it in items])),  # applied on the device
             "captions": [it["caption"] for it in items],
             "keys": [it["key"] for it in items],

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trajtok.data.label_batch import label_ids
 from trajtok.data.normalise import normalise_frames
 from trajtok.viz import comparison_picture, stack_pictures
 
@@ -36,7 +37,10 @@ def prediction_picture(
     pictures = [
         comparison_picture(
             frames[i].permute(0, 2, 3, 1).numpy(),
-            [None if labels is None else labels[i].numpy(), predicted[i].astype(np.uint16)],
+            [
+                None if labels is None else label_ids(labels[i]).numpy().astype(np.uint16),
+                predicted[i].astype(np.uint16),
+            ],
         )
         for i in range(len(frames))
     ]
