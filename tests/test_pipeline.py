@@ -391,9 +391,9 @@ def test_a_trained_segmenter_labels_a_shard_job(local_ray, mixed_manifest: Path,
     """`pseudolabel.name=trajtok` through Ray, one actor holding the model: every sample is labelled and its
     json names the model (weights digest, step), so a shard says which model labelled it."""
     run = write_weights(tmp_path / "segmenter-run", name="segmenter", step=7)
-    manifest = tmp_path / "three.jsonl"
+    manifest = tmp_path / "four.jsonl"
     lines = mixed_manifest.read_text().splitlines()
-    manifest.write_text("\n".join([lines[0], lines[1], lines[5]]) + "\n")  # two synthetic, vtest.avi
+    manifest.write_text("\n".join([lines[0], lines[1], lines[5], lines[7]]) + "\n")  # synthetic, vtest, a jpg
     cfg = _config(
         load_config(None, [f"data.manifest={manifest}"]),
         tmp_path / "out",
@@ -403,15 +403,15 @@ def test_a_trained_segmenter_labels_a_shard_job(local_ray, mixed_manifest: Path,
         "pipeline.label_actors=1",
     )
     summary = run_shard_job(cfg)
-    assert summary["written"] == 3 and summary["clips"] == 6 and summary["failed"] == 0
+    assert summary["written"] == 4 and summary["clips"] == 7 and summary["failed"] == 0
     digest = build_labeler("trajtok", {"weights": str(run)}).describe()["source"]["sha256"]
     samples = [
         s
         for tar in sorted((tmp_path / "out").glob("*.tar"))
         for s in wds.WebDataset(str(tar), shardshuffle=False)
     ]
-    assert len(samples) == 6
-    for sample in samples:
+    assert len(samples) == 7
+    for sample in samples:  # the image is one sample of T = 1, labelled by the same model
         validate_sample(sample)
         clip = decode_sample(sample)
         assert clip.meta.labeler.name == "trajtok" and clip.meta.labeler.source["sha256"] == digest
