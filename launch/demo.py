@@ -292,19 +292,15 @@ def run_demo(cfg: JobConfig) -> DemoResult:
             run_dir, seconds = train_model(cfg, name, shards, out, **{"train.steps": steps})
             results.append(evaluated(name, run_dir, False, steps, seconds))
 
-    labellers = []
+    label_rounds = []
     if cfg.demo.rounds > 1:
-        from launch.selflabel import later_rounds
+        from launch.selflabel import later_rounds, score_rounds
 
         rounds, labellers = later_rounds(cfg, train_manifest, out, round1, stages, total, evaluated)
         results += rounds
-
     stage(next(stages), total, "results on the held-out clips")
-    label_rounds = []
     if cfg.demo.rounds > 1:
-        from launch.selflabel import label_rounds as scored_rounds
-
-        label_rounds = scored_rounds(cfg, labellers, heldout_manifest, scored)
+        label_rounds = score_rounds(cfg, labellers, heldout_manifest, scored)
     result = DemoResult(
         models=results,
         chance_r1=chance_recall_at_1(len(read_items(str(heldout_manifest)))),
@@ -354,7 +350,9 @@ def format_table(result: DemoResult) -> str:
     lines = [header, "-" * len(header)]
     for m in result.models:
         r, s = dict(m.retrieval), m.segmentation
-        r.update({f"R@{k}": mean_recall(r, k) for k in (1, 5) if mean_recall(r, k) is not None})
+        for k in (1, 5):
+            if (recall := mean_recall(m.retrieval, k)) is not None:
+                r[f"R@{k}"] = recall
         unscored = "n/a" if m.name != "vit3d" else "-"
         lines.append(
             f"{m.name:<{width}} {m.steps:>6} {m.train_seconds:>8.0f} {_cell(r, 'R@1', 6, 1)} "

@@ -109,7 +109,7 @@ def later_rounds(
     return results, labellers
 
 
-def label_rounds(cfg: JobConfig, labellers: list[Path], heldout: Path, scored: bool) -> list[LabelRound]:
+def score_rounds(cfg: JobConfig, labellers: list[Path], heldout: Path, scored: bool) -> list[LabelRound]:
     """Round 1's labeller and the runs that labelled the later rounds, scored on the held-out clips when
     they have ground truth."""
     rounds = []

@@ -96,7 +96,7 @@ class TrajTokLabeler(Labeler):
 
     @property
     def requirements(self) -> Requirements:
-        return Requirements(device="gpu", batch_size=self.params.batch_size, memory_gb=2.0)
+        return Requirements(device="gpu", batch_size=self.params.batch_size, memory_gb=2.0)  # estimated
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "source": self.source}
@@ -109,23 +109,21 @@ class TrajTokLabeler(Labeler):
         return self._label_clips([frames for frames, _, _ in clips])
 
     def _label_clips(self, clips: list[np.ndarray]) -> list[np.ndarray]:
-        windows = [
-            (i, start) for i, frames in enumerate(clips) for start in window_starts(len(frames), self.window)
-        ]
-        ids: dict[tuple[int, int], np.ndarray] = {}
+        starts = [window_starts(len(frames), self.window) for frames in clips]
         shapes: dict[tuple[int, ...], list[tuple[int, int]]] = {}
-        for i, start in windows:  # windows of one input shape share a forward pass
-            frames = clips[i][start : start + self.window]
-            shapes.setdefault((len(frames), *frames.shape[1:3]), []).append((i, start))
+        for i, frames in enumerate(clips):  # windows of one input shape share a forward pass
+            for start in starts[i]:
+                window = frames[start : start + self.window]
+                shapes.setdefault(window.shape, []).append((i, start))
+        ids: dict[tuple[int, int], np.ndarray] = {}
         for group in shapes.values():
             for first in range(0, len(group), self.params.batch_size):
                 part = group[first : first + self.params.batch_size]
                 batch = [clips[i][start : start + self.window] for i, start in part]
                 ids.update(zip(part, self._segment(batch)))
         out = []
-        for i, frames in enumerate(clips):
-            starts = window_starts(len(frames), self.window)
-            labels = link_windows([ids[i, s] for s in starts], starts, self.params.link_iou)
+        for i, clip_starts in enumerate(starts):
+            labels = link_windows([ids[i, s] for s in clip_starts], clip_starts, self.params.link_iou)
             labels = merge_small(labels, self.params.min_area, self.max_trajectories)
             out.append(renumber_by_size(labels))
         return out
@@ -174,10 +172,8 @@ def _weights_path(location: str) -> Path:
 
 def _source(weights: Path, metadata: dict[str, str], model: str) -> dict[str, Any]:
     """Which model labels: file, MLflow run, step, content digest, and the training run's git revision."""
-    digest = hashlib.sha256()
     with weights.open("rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
+        digest = hashlib.file_digest(f, "sha256")
     provenance = weights.parent / PROVENANCE_FILE
     git = json.loads(provenance.read_text()).get("git", {}) if provenance.is_file() else {}
     return {

@@ -22,14 +22,16 @@ from trajtok.errors import ConfigError
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
-    return {name: write_weights(root / name, name=name) for name in ("segmenter", "trajvit2", "vit3d")}
+    runs = {name: write_weights(root / name, name=name) for name in ("segmenter", "trajvit2", "vit3d")}
+    runs["trajvit2-shared-kv"] = write_weights(root / "shared", name="trajvit2", shared_kv=True)
+    return runs
 
 
 def _times(frames: np.ndarray) -> np.ndarray:
     return np.arange(len(frames)) / 8.0
 
 
-@pytest.mark.parametrize("model", ["segmenter", "trajvit2"])
+@pytest.mark.parametrize("model", ["segmenter", "trajvit2", "trajvit2-shared-kv"])
 def test_labels_meet_the_contract_ids_by_size(runs, model: str):
     labeler = build_labeler("trajtok", {"weights": str(runs[model]), "min_area": 0.0})
     clip = generate_clip(4, 12, 40, 56)  # 12 frames: two windows of the run's 8; not square
