@@ -133,13 +133,14 @@ class TrajTokLabeler(Labeler):
         import torch
 
         from trajtok.data.normalise import normalise_frames
+        from trajtok.models.trajectory_reader import segmentation_of
 
         model, device = self._loaded()
         height, width = batch[0].shape[1:3]
         size = short_side_size(height, width, self.size, INPUT_MULTIPLE)
         frames = torch.from_numpy(np.stack([resize_frames(w, size) for w in batch])).permute(0, 1, 4, 2, 3)
         with torch.inference_mode(), _autocast(device):
-            segmentation = _segmentation(model, normalise_frames(frames, device))
+            segmentation = segmentation_of(model, normalise_frames(frames, device))
         grid = segmentation.grid
         logits = segmentation.logits.float().view(len(batch), *grid, -1).permute(0, 1, 4, 2, 3)
         for window in logits:  # (T, K, h, w): one frame at a time keeps K x H x W floats small
@@ -184,17 +185,6 @@ def _source(weights: Path, metadata: dict[str, str], model: str) -> dict[str, An
         "mlflow_run_id": read_run_id(weights.parent),
         "git": git,
     }
-
-
-def _segmentation(model, frames):
-    """The model's segmentation of normalised frames: a segmenter's own, or trajvit2's tokenizer's (which
-    runs its trajectory encoder too only when the segmenter reads the encoder's keys and values)."""
-    if model.registry_name == "segmenter":
-        return model.segment(frames)[1]
-    tokenizer = model.tokenizer
-    if tokenizer.shared_kv:
-        return tokenizer(frames).segmentation
-    return tokenizer.segmenter.segment(frames)[1]
 
 
 def _upsample(logits, size: tuple[int, int]):

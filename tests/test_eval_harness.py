@@ -278,7 +278,7 @@ def test_segment_scores_the_segmenter_against_ground_truth(tmp_path, synth_datas
         evaluate(load_config(None, [*overrides, f"eval.ckpt={write_weights(tmp_path / 'vit', 'vit3d')}"]))
 
 
-def test_probe_from_a_checkpoint_through_the_cli(tmp_path, synth_dataset):
+def test_probe_from_a_checkpoint_through_the_cli(tmp_path, synth_dataset, capsys):
     ckpt = write_weights(tmp_path / "train")
     train = labelled_manifest(synth_dataset, tmp_path / "train.jsonl", "colour", slice(0, 16))
     test = labelled_manifest(synth_dataset, tmp_path / "test.jsonl", "colour", slice(16, 24))
@@ -287,8 +287,17 @@ def test_probe_from_a_checkpoint_through_the_cli(tmp_path, synth_dataset):
     assert cli(["eval", *args]) == 0
     record = json.loads((tmp_path / "eval-run" / "eval_probe.json").read_text())
     assert record["details"]["feature_shape"] == [8, 8, 8, 32]  # tiny backbone: T x H/4 x W/4 x D
-    assert [h["head"] for h in record["details"]["heads"]] == ["linear", "attentive", "trajadapter"]
-    assert all(0 <= record["metrics"][f"{h}_top1"] <= 100 for h in ("linear", "attentive", "trajadapter"))
+    names = ["linear", "attentive", "trajadapter_n1", "trajadapter_n2", "trajadapter_n4"]
+    assert [h["head"] for h in record["details"]["heads"]] == names
+    assert record["details"]["segmenter"] == str(ckpt)  # the probed trajvit2 segments its own frames
+    assert all(0 <= record["metrics"][f"{h}_top1"] <= 100 for h in names)
+    # a vit3d makes no trajectories: TrajAdapter then needs eval.probe.segmenter, said in one line
+    vit = write_weights(tmp_path / "vit", "vit3d")
+    args = settings(tmp_path, test, vit, "task=probe", f"eval.probe.train={train}", "eval.probe.steps=2")
+    args.append(f"classes={json.dumps(COLOURS)}")
+    assert cli(["eval", *args]) == 2
+    assert "eval.probe.segmenter" in capsys.readouterr().err
+    assert cli(["eval", *args, f"eval.probe.segmenter={ckpt}", "eval.probe.tokens_per_trajectory=[4]"]) == 0
 
 
 def test_user_errors_are_one_line_config_errors(tmp_path, synth_dataset, capsys):

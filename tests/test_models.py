@@ -16,6 +16,7 @@ from trajtok.models.segmenter import Segmentation, Segmenter
 from trajtok.models.sizes import TRANSFORMER_SIZES
 from trajtok.models.text import build_tokenizer
 from trajtok.models.trajectory_encoder import TrajectoryEncoder
+from trajtok.models.trajectory_reader import trajectories_on_grid
 from trajtok.models.transformer import Transformer
 
 torch.set_num_threads(1)
@@ -63,9 +64,12 @@ def test_segmenter_and_adapter_shapes(frames: int) -> None:
         assert out.seg_logits.shape == (2, frames * 64, 16) and out.token_mask.shape == (2, 16)
         assert out.video_embedding is None
         adapter = tiny("trajadapter", num_classes=5, adapter_feature_dim=24).eval()
-        out = adapter(torch.randn(2, frames, 7, 7, 24))
-    assert out.class_logits.shape == (2, 5) and out.seg_logits.shape == (2, frames * 49, 16)
-    assert out.seg_grid == (frames, 7, 7) and torch.isfinite(out.class_logits).all()
+        segmenter = tiny("segmenter").eval()
+        trajectories = trajectories_on_grid(segmenter, torch.randn(2, frames, 3, PX, PX), (frames, 7, 7))
+        out = adapter(torch.randn(2, frames, 7, 7, 24), trajectories)
+    windows = max(1, frames // 8)
+    assert out.class_logits.shape == (2, 5) and out.token_mask.shape == (2, windows * 16)
+    assert torch.equal(out.token_mask, trajectories.present) and torch.isfinite(out.class_logits).all()
 
 
 def test_training_draws_tokens_per_trajectory_from_the_config() -> None:

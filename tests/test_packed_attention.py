@@ -12,6 +12,7 @@ from trajtok.models.packing import TrajectoryGroups
 from trajtok.models.registry import build_model
 from trajtok.models.sequence_packing import Packing
 from trajtok.models.sizes import TransformerSize
+from trajtok.models.trajectory_reader import ForeignTrajectories
 from trajtok.models.transformer import Transformer
 
 torch.set_num_threads(1)
@@ -68,11 +69,14 @@ def test_trajvit2_packed_equals_padded_outputs_and_gradients(n: int) -> None:
 
 
 def test_trajadapter_packed_equals_padded() -> None:
-    padded, packed = twins("trajadapter", num_classes=3, adapter_feature_dim=8)
-    features = torch.randn(2, 4, 5, 5, 8)
+    padded, packed = twins("trajadapter", num_classes=3, adapter_feature_dim=8, adapter_query_dim=6)
+    features, grid = torch.randn(2, 4, 5, 5, 8), (4, 5, 5)
+    trajectories = ForeignTrajectories.from_ids(torch.randint(0, 7, (2, 100)), torch.randn(2, 8, 6), grid)
     with torch.no_grad():
         assert torch.allclose(
-            padded.eval()(features).class_logits, packed.eval()(features).class_logits, atol=1e-5
+            padded.eval()(features, trajectories).class_logits,
+            packed.eval()(features, trajectories).class_logits,
+            atol=1e-5,
         )
 
 

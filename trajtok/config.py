@@ -83,6 +83,7 @@ class ModelConfig:
     text_max_len: int = 64  # caption tokens (bytes for the default tokenizer)
     num_classes: int = 0  # trajadapter's classifier outputs
     adapter_feature_dim: int = 768  # C of the frozen feature map (B, T, h, w, C) trajadapter probes
+    adapter_query_dim: int = 0  # width of the segmenter whose queries start trajadapter's tokens; 0 = size's
     # only what counts is computed: trajectory tokens read their own pixels by index (no dense mask), and
     # only valid tokens enter the transformer, packed per batch (trajtok.models.sequence_packing)
     packed: bool = True
@@ -228,6 +229,12 @@ class ProbeConfig:
     warmup_steps: int = 10
     size: str = "tiny"  # model size whose widths the attentive probe and TrajAdapter take
     feature_module: str = ""  # "pkg.module:factory" -> torch module: frames -> (B, T, h, w, C); "" = ckpt
+    # TrajAdapter: a trained segmenter or trajvit2 run (or weights file) segments the frames; "" = eval.ckpt
+    # when that is one. One TrajAdapter head per n tokens per trajectory.
+    segmenter: str = ""
+    tokens_per_trajectory: list[int] = field(default_factory=lambda: [1, 2, 4])
+    chunk_frames: int = 8  # frames per segmentation window (the release's training length); 0 = whole clip
+    link_iou: float = 0.0  # > 0: trajectories continuing across windows are linked at this mask IoU
 
 
 @dataclass

@@ -27,7 +27,7 @@ from trajtok.distributed import get_rank, get_world_size
 from trajtok.errors import ConfigError
 from trajtok.models.vit3d import TUBELET
 
-Compute = Callable[[Any], torch.Tensor]
+Compute = Callable[[Any], torch.Tensor | tuple[torch.Tensor, ...]]
 
 
 def rank_batches(num_items: int, batch_size: int, rank: int, world_size: int) -> list[tuple[range, bool]]:
@@ -46,25 +46,33 @@ def compute_in_batches(
     batch_size: int,
     num_workers: int = 0,
     desc: str = "features",
-) -> np.ndarray:
+) -> np.ndarray | tuple[np.ndarray, ...]:
     """`compute` over every item of `data`, split across ranks; every rank returns the whole (N, ...) array.
 
     `compute` takes a collated batch (a dict of stacked tensors, or a list of strings) and returns a tensor
-    whose first axis is the batch; it runs without gradients.
+    whose first axis is the batch, or a tuple of such tensors (then a tuple of arrays comes back: several
+    things computed in one pass over the data); it runs without gradients.
     """
     rank, world_size = get_rank(), get_world_size()
     batches = rank_batches(len(data), batch_size, rank, world_size)
     loader = DataLoader(data, batch_sampler=[list(b) for b, _ in batches], num_workers=num_workers)
-    rows, indices = [], []
+    rows: list[tuple[torch.Tensor, ...]] = []
+    indices = []
+    single = True
     for inputs, (batch, padding) in zip(tqdm(loader, desc=desc, unit="batch", disable=rank != 0), batches):
         with torch.no_grad():
             out = compute(inputs)
-        if out.shape[0] != len(batch):
-            raise ValueError(f"{desc}: a batch of {len(batch)} gave {out.shape[0]} rows")
+        single = isinstance(out, torch.Tensor)
+        outs = (out,) if single else tuple(out)
+        if any(o.shape[0] != len(batch) for o in outs):
+            raise ValueError(f"{desc}: a batch of {len(batch)} gave {[o.shape[0] for o in outs]} rows")
         filler = batch_size - len(batch)  # equal rows on every rank, whatever the last batch holds
-        rows.append(torch.cat([out, out[:1].expand(filler, *out.shape[1:])]) if filler else out)
+        rows.append(tuple(torch.cat([o, o[:1].expand(filler, *o.shape[1:])]) if filler else o for o in outs))
         indices.append(torch.tensor([-1 if padding else i for i in batch] + [-1] * filler))
-    return _gather(torch.cat(rows), torch.cat(indices).to(rows[0].device), len(data))
+    gathered = tuple(
+        _gather(torch.cat(part), torch.cat(indices).to(part[0].device), len(data)) for part in zip(*rows)
+    )
+    return gathered[0] if single else gathered
 
 
 def _gather(rows: torch.Tensor, indices: torch.Tensor, total: int) -> np.ndarray:

@@ -1,11 +1,12 @@
 """Probing heads on frozen feature maps: linear, attentive, and TrajAdapter, trained on the same budget.
 
-The three read the same features (B, T, h, w, C) and differ only in how they pool them:
+The heads read the same features (B, T, h, w, C) and differ only in how they pool them:
 - `linear`: the mean over (T, h, w), batch-normalised without affine parameters, then a linear classifier
   (the usual linear probe);
 - `attentive`: every (t, y, x) feature is a token and one learned query attends over all of them;
-- `trajadapter`: the features are grouped into trajectories first, and the same kind of query attends over
-  the trajectory tokens (`trajtok.models.trajadapter`).
+- `trajadapter`: a trained TrajTok segmenter's trajectories, on the features' grid, each read their own
+  features into n tokens and the same kind of query attends over those (`trajtok.models.trajadapter`);
+  one head per n in `eval.probe.tokens_per_trajectory`, named `trajadapter_n{n}`.
 The attentive probe is TrajAdapter without the grouping (same projection width, pooling and classifier), so
 the gap between them is what trajectories add. Every head gets the same initial seed, the same sequence of
 mini-batches, steps, learning-rate schedule and weight decay.
@@ -28,6 +29,7 @@ from trajtok.models.output import ModelOutput
 from trajtok.models.registry import build_model
 from trajtok.models.sizes import MODEL_SIZES
 from trajtok.models.trajadapter import AttentivePool
+from trajtok.models.trajectory_reader import ForeignTrajectories
 from trajtok.schedule import lr_at
 
 HEADS = ("linear", "attentive", "trajadapter")
@@ -41,7 +43,7 @@ class LinearProbe(nn.Module):
         self.norm = nn.BatchNorm1d(feature_dim, affine=False)
         self.classifier = nn.Linear(feature_dim, classes)
 
-    def forward(self, features: torch.Tensor) -> ModelOutput:
+    def forward(self, features: torch.Tensor, trajectories: ForeignTrajectories | None = None) -> ModelOutput:
         return ModelOutput(class_logits=self.classifier(self.norm(features.detach().mean(dim=(1, 2, 3)))))
 
 
@@ -54,14 +56,17 @@ class AttentiveProbe(nn.Module):
         self.pool = AttentivePool(dim, heads)
         self.classifier = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, classes))
 
-    def forward(self, features: torch.Tensor) -> ModelOutput:
+    def forward(self, features: torch.Tensor, trajectories: ForeignTrajectories | None = None) -> ModelOutput:
         tokens = self.input(features.detach()).flatten(1, 3)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return ModelOutput(class_logits=self.classifier(self.pool(tokens, mask)))
 
 
-def build_head(name: str, feature_dim: int, classes: int, size: str) -> nn.Module:
-    """A fresh probing head; `size` names the model size whose widths the attentive heads take."""
+def build_head(
+    name: str, feature_dim: int, classes: int, size: str, tokens_per_trajectory: int = 1, query_dim: int = 0
+) -> nn.Module:
+    """A fresh probing head; `size` names the model size whose widths the attentive heads take; TrajAdapter
+    makes `tokens_per_trajectory` tokens per trajectory from segmenter queries of width `query_dim`."""
     if size not in MODEL_SIZES:
         raise ConfigError(f"eval.probe.size '{size}': choose one of {', '.join(MODEL_SIZES)}")
     widths = MODEL_SIZES[size]
@@ -70,9 +75,29 @@ def build_head(name: str, feature_dim: int, classes: int, size: str) -> nn.Modul
     if name == "attentive":
         return AttentiveProbe(feature_dim, widths.feature_dim, widths.perceiver_heads, classes)
     if name == "trajadapter":
-        cfg = ModelConfig(name="trajadapter", size=size, num_classes=classes, adapter_feature_dim=feature_dim)
+        n = tokens_per_trajectory
+        cfg = ModelConfig(
+            name="trajadapter",
+            size=size,
+            num_classes=classes,
+            adapter_feature_dim=feature_dim,
+            adapter_query_dim=query_dim,
+            tokens_per_trajectory=[n],
+            eval_tokens_per_trajectory=n,
+        )
         return build_model(cfg, ClipConfig())
     raise ConfigError(f"eval.probe.heads: unknown head '{name}'; choose from {', '.join(HEADS)}")
+
+
+def head_variants(budget: ProbeConfig) -> list[tuple[str, str, int]]:
+    """(result name, head, tokens per trajectory) of every head to train: one TrajAdapter per n."""
+    variants = []
+    for name in budget.heads:
+        if name == "trajadapter":
+            variants += [(f"trajadapter_n{n}", name, n) for n in budget.tokens_per_trajectory]
+        else:
+            variants.append((name, name, 1))
+    return variants
 
 
 @dataclass
@@ -89,7 +114,12 @@ class ProbeResult:
 
 
 def train_head(
-    head: nn.Module, features: torch.Tensor, labels: torch.Tensor, budget: ProbeConfig, seed: int
+    head: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    budget: ProbeConfig,
+    seed: int,
+    trajectories: ForeignTrajectories | None = None,
 ) -> tuple[float, float]:
     """Train with AdamW on the budget's schedule, mini-batches drawn by `seed`: (final loss, seconds of the
     steps; the optimizer's one-time imports are not counted against the first head)."""
@@ -108,7 +138,8 @@ def train_head(
         picked, queue = queue[:batch], queue[batch:]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, schedule)
-        loss = F.cross_entropy(head(features[picked]).class_logits, labels[picked])
+        picked_trajectories = trajectories.select(picked) if trajectories is not None else None
+        loss = F.cross_entropy(head(features[picked], picked_trajectories).class_logits, labels[picked])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -118,13 +149,23 @@ def train_head(
 
 @torch.inference_mode()
 def accuracy(
-    head: nn.Module, features: torch.Tensor, labels: torch.Tensor, batch_size: int
+    head: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    trajectories: ForeignTrajectories | None = None,
 ) -> tuple[float, float]:
     """Top-1 and top-5 accuracy in percent (top-k for fewer than 5 classes); ties count against the truth."""
     head.eval()
-    logits = torch.cat(
-        [head(features[i : i + batch_size]).class_logits for i in range(0, len(features), batch_size)]
-    )
+    parts = []
+    for start in range(0, len(features), batch_size):
+        batch = slice(start, start + batch_size)
+        parts.append(
+            head(
+                features[batch], trajectories.select(batch) if trajectories is not None else None
+            ).class_logits
+        )
+    logits = torch.cat(parts)
     true = logits.gather(1, labels[:, None])
     rank = (logits >= true).sum(dim=1)
     top = min(5, logits.shape[1])
@@ -139,22 +180,29 @@ def compare_heads(
     num_classes: int,
     budget: ProbeConfig,
     seed: int = 0,
+    trajectories: tuple[ForeignTrajectories, ForeignTrajectories] | None = None,
 ) -> list[ProbeResult]:
-    """Train every head in `budget.heads` on the train features and score it on the test features."""
+    """Train every head of `budget` on the train features and score it on the test features; TrajAdapter
+    needs the (train, test) `trajectories` of the same clips on the features' grid."""
     if train_features.ndim != 5 or test_features.shape[1:] != train_features.shape[1:]:
         raise ConfigError(
             f"probe features must be (N, T, h, w, C) alike: {train_features.shape}, {test_features.shape}"
         )
     if budget.steps < 1 or budget.batch_size < 1:
         raise ConfigError("eval.probe.steps and eval.probe.batch_size must be >= 1")
+    variants = head_variants(budget)
+    if trajectories is None and any(head == "trajadapter" for _, head, _ in variants):
+        raise ConfigError("eval.probe.segmenter: TrajAdapter needs a trained segmenter's trajectories")
+    train_trajectories, test_trajectories = trajectories or (None, None)
+    query_dim = train_trajectories.queries.shape[-1] if train_trajectories is not None else 0
     x_train, x_test = torch.from_numpy(train_features).float(), torch.from_numpy(test_features).float()
     y_train, y_test = torch.from_numpy(train_labels).long(), torch.from_numpy(test_labels).long()
     results = []
-    for name in tqdm(budget.heads, desc="probes", unit="head"):
+    for result_name, name, n in tqdm(variants, desc="probes", unit="head"):
         torch.manual_seed(seed)
-        head = build_head(name, x_train.shape[-1], num_classes, budget.size)
-        final_loss, seconds = train_head(head, x_train, y_train, budget, seed)
-        top1, top5 = accuracy(head, x_test, y_test, budget.batch_size)
+        head = build_head(name, x_train.shape[-1], num_classes, budget.size, n, query_dim)
+        final_loss, seconds = train_head(head, x_train, y_train, budget, seed, train_trajectories)
+        top1, top5 = accuracy(head, x_test, y_test, budget.batch_size, test_trajectories)
         params = sum(p.numel() for p in head.parameters())
-        results.append(ProbeResult(name, top1, top5, params, seconds, final_loss))
+        results.append(ProbeResult(result_name, top1, top5, params, seconds, final_loss))
     return results

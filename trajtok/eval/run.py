@@ -25,7 +25,7 @@ import os
 import pkgutil
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import astuple, fields
 from pathlib import Path
 from typing import Any
@@ -45,13 +45,19 @@ from trajtok.distributed import get_rank, get_world_size, init_process_group
 from trajtok.errors import ConfigError
 from trajtok.eval.classify import class_embeddings, classification_metrics
 from trajtok.eval.evalset import EvalClips, EvalItem, read_items
-from trajtok.eval.features import compute_in_batches, feature_map_fn
+from trajtok.eval.features import Compute, compute_in_batches, feature_map_fn
 from trajtok.eval.pictures import prediction_picture
 from trajtok.eval.probe import compare_heads
 from trajtok.eval.retrieval import chance_recall_at_1, dual_softmax, retrieval_metrics
 from trajtok.eval.segmentation import SegmentationScores, evaluate_segmentation
 from trajtok.models.text import build_tokenizer
 from trajtok.models.trajectory_encoder import MAX_TOKENS_PER_TRAJECTORY
+from trajtok.models.trajectory_reader import (
+    SEGMENTING_MODELS,
+    ForeignTrajectories,
+    load_segmenting_model,
+    trajectories_on_grid,
+)
 from trajtok.models.weights import load_weights, weights_file
 from trajtok.rundir import read_run_id, write_json
 from trajtok.tracking import NullTracker, Tracker, start_tracker, tracking_uri
@@ -101,7 +107,7 @@ class Evaluation:
     def clips(self, items: list[EvalItem], with_labels: bool = False) -> EvalClips:
         return EvalClips(items, self.cfg.clip, with_labels=with_labels)
 
-    def compute(self, data: Any, compute: Callable[[Any], torch.Tensor], desc: str) -> np.ndarray:
+    def compute(self, data: Any, compute: Compute, desc: str) -> np.ndarray | tuple[np.ndarray, ...]:
         batch, workers = self.cfg.eval.batch_size, self.cfg.data.num_workers
         texts = not isinstance(data, EvalClips)  # captions: nothing to decode, no worker processes
         return compute_in_batches(data, compute, batch, 0 if texts else workers, desc)
@@ -255,26 +261,60 @@ def run_probe(job: Evaluation, items: list[EvalItem]) -> dict[str, Any]:
         feature_map = feature_map_fn(extractor)
     else:
         source, feature_map = job.cfg.eval.ckpt, feature_map_fn(job.model)
+    segmenter = _probe_segmenter(job) if "trajadapter" in probe.heads else None
 
-    def features(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return feature_map(normalise_frames(batch["frames"], job.device)).float()
+    def inputs(batch: dict[str, torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        frames = normalise_frames(batch["frames"], job.device)
+        features = feature_map(frames).float()
+        if segmenter is None:
+            return features
+        grid = tuple(features.shape[1:4])
+        found = trajectories_on_grid(segmenter, frames, grid, probe.chunk_frames, probe.link_iou)
+        return features, found.ids, found.queries.float()
 
-    train = job.compute(job.clips(train_items), features, "probe train features")
-    test = job.compute(job.clips(items), features, "probe test features")
+    train = job.compute(job.clips(train_items), inputs, "probe train features")
+    test = job.compute(job.clips(items), inputs, "probe test features")
+    trajectories = None
+    if segmenter is not None:
+        (train, *train_found), (test, *test_found) = train, test
+        grid = tuple(train.shape[1:4])
+        trajectories = tuple(
+            ForeignTrajectories.from_ids(torch.from_numpy(ids), torch.from_numpy(queries), grid)
+            for ids, queries in (train_found, test_found)
+        )
     details = {
         "features": source,
         "feature_shape": list(train.shape[1:]),
+        "segmenter": probe.segmenter or (job.cfg.eval.ckpt if segmenter is not None else ""),
         "train_clips": len(train_items),
         "test_clips": len(items),
         "classes": classes,
         "chance_top1": 100.0 / len(classes),
     }
+    if trajectories is not None:
+        details["trajectories_per_clip"] = float(trajectories[1].present.sum(dim=1).double().mean())
     if get_rank() != 0:  # the heads are small: rank 0 trains them on the gathered features
         return {"metrics": {}, "details": details}
-    results = compare_heads(train, train_targets, test, test_targets, len(classes), probe, job.cfg.seed)
+    results = compare_heads(
+        train, train_targets, test, test_targets, len(classes), probe, job.cfg.seed, trajectories
+    )
     metrics = {f"{r.head}_{k}": getattr(r, k) for r in results for k in ("top1", "top5")}
     details["heads"] = [r.as_dict() for r in results]
     return {"metrics": metrics, "details": details}
+
+
+def _probe_segmenter(job: Evaluation) -> nn.Module:
+    """The segmenter TrajAdapter's trajectories come from: eval.probe.segmenter, else the probed model
+    when it segments."""
+    location = job.cfg.eval.probe.segmenter
+    if location:
+        return load_segmenting_model(location, "eval.probe.segmenter").to(job.device)
+    if job.cfg.eval.ckpt and job.model_cfg.name in SEGMENTING_MODELS:
+        return job.model
+    raise ConfigError(
+        "eval.probe.segmenter: TrajAdapter needs a trained segmenter or trajvit2 run to segment the frames "
+        "(or drop trajadapter from eval.probe.heads)"
+    )
 
 
 def _feature_module(spec: str) -> nn.Module:

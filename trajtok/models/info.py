@@ -7,6 +7,7 @@ from torch's FlopCounterMode over shapes alone. That works because no forward ha
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from trajtok.config import ClipConfig, ModelConfig
 from trajtok.models.clip_model import VideoTextModel
 from trajtok.models.registry import build_model
 from trajtok.models.sizes import resolve_size
+from trajtok.models.trajectory_reader import DEFAULT_CHUNK_FRAMES, ForeignTrajectories
 from trajtok.models.vit3d import TUBELET
 
 
@@ -74,12 +76,18 @@ def _gflops(run) -> float | None:
     return counter.get_total_flops() / 1e9
 
 
-def _example_input(model_cfg: ModelConfig, clip_cfg: ClipConfig) -> tuple[torch.Tensor, str]:
+def _example_input(model_cfg: ModelConfig, clip_cfg: ClipConfig) -> tuple[tuple[Any, ...], str]:
     frames, px = clip_cfg.frames, clip_cfg.size
     if model_cfg.name == "trajadapter":  # a ViT-like feature map: one vector per 16x16 patch and frame
-        shape = (1, frames, px // TUBELET[1], px // TUBELET[2], model_cfg.adapter_feature_dim)
-        return torch.zeros(shape, device="meta"), "features " + "x".join(map(str, shape[1:]))
-    return torch.zeros(1, frames, 3, px, px, device="meta"), f"clip {frames}x{px}x{px}"
+        grid = (frames, px // TUBELET[1], px // TUBELET[2])
+        shape = (1, *grid, model_cfg.adapter_feature_dim)
+        size = resolve_size(model_cfg.size, model_cfg.num_queries)
+        slots = size.num_queries * max(1, frames // DEFAULT_CHUNK_FRAMES)  # K per segmentation window
+        ids = torch.zeros(1, math.prod(grid), dtype=torch.long, device="meta")
+        queries = torch.zeros(1, slots, model_cfg.adapter_query_dim or size.feature_dim, device="meta")
+        trajectories = ForeignTrajectories.from_ids(ids, queries, grid)
+        return (torch.zeros(shape, device="meta"), trajectories), "features " + "x".join(map(str, shape[1:]))
+    return (torch.zeros(1, frames, 3, px, px, device="meta"),), f"clip {frames}x{px}x{px}"
 
 
 def model_summary(model_cfg: ModelConfig, clip_cfg: ClipConfig) -> dict[str, Any]:
@@ -94,19 +102,19 @@ def model_summary(model_cfg: ModelConfig, clip_cfg: ClipConfig) -> dict[str, Any
         ids = torch.zeros(1, model_cfg.text_max_len, dtype=torch.long, device="meta")
         mask = torch.ones(1, model_cfg.text_max_len, dtype=torch.bool, device="meta")
         gflops = {
-            "video": _gflops(lambda: model.encode_video(example)),
+            "video": _gflops(lambda: model.encode_video(*example)),
             "text": _gflops(lambda: model.encode_text(ids, mask)),
         }
     else:
-        gflops = {"forward": _gflops(lambda: model(example))}
-    tokens = model(example).token_mask.shape[1]
+        gflops = {"forward": _gflops(lambda: model(*example))}
+    tokens = model(*example).token_mask.shape[1]
     if model_cfg.name == "vit3d":
         token_note = f"{TUBELET[0]}x{TUBELET[1]}x{TUBELET[2]} tubelets"
     else:
-        queries = resolve_size(model_cfg.size, model_cfg.num_queries).num_queries
         per_trajectory = 1 if model_cfg.name == "segmenter" else model_cfg.eval_tokens_per_trajectory
         token_note = (
-            f"at most: {queries} trajectories x {per_trajectory}; trajectories owning no pixel are dropped"
+            f"at most: {tokens // per_trajectory} trajectories x {per_trajectory}; trajectories owning no "
+            "pixel are dropped"
         )
     return {
         "model": model_cfg.name,

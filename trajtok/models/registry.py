@@ -16,9 +16,11 @@
 `segmenter` (backbone + segmenter, for segmenter pre-training and as a pseudo-labeler)
     model(frames) -> ModelOutput with seg_logits, seg_grid, token_mask = non-empty trajectories (B, K).
     Its state dict loads into a TrajViT2's `tokenizer.segmenter`.
-`trajadapter` (probing head)
-    model(features (B, T, h, w, C = model.adapter_feature_dim)) -> ModelOutput with class_logits (B, classes),
-    seg_logits, seg_grid, token_mask, num_tokens.
+`trajadapter` (probing head over another model's frozen features)
+    model(features (B, T', h', w', C = model.adapter_feature_dim), trajectories) -> ModelOutput with
+    class_logits (B, classes), token_mask, num_tokens; `trajectories` from
+    `trajtok.models.trajectory_reader.trajectories_on_grid` with a trained segmenter (query width
+    model.adapter_query_dim).
 
 Losses for all of them: `trajtok.losses.total_loss(output, labels, loss_cfg, mode)`. Every model has
 `parts() -> {name: module}` (parameter counts, per-part learning rates) and `registry_name`.
@@ -42,6 +44,7 @@ from trajtok.models.text import build_text_tower, build_tokenizer
 from trajtok.models.tome import ToMeTransformer
 from trajtok.models.trajadapter import TrajAdapter
 from trajtok.models.trajectory_encoder import MAX_TOKENS_PER_TRAJECTORY, TrajectoryEncoder
+from trajtok.models.trajectory_reader import TrajectoryReader
 from trajtok.models.trajvit2 import TrajectoryTokenizer
 from trajtok.models.transformer import Transformer
 from trajtok.models.vit3d import TUBELET, TubeletTokenizer
@@ -121,14 +124,10 @@ def _segmenter(cfg: ModelConfig, size: ModelSize) -> nn.Module:
 def _trajadapter(cfg: ModelConfig, size: ModelSize) -> nn.Module:
     if cfg.num_classes <= 0 or cfg.adapter_feature_dim <= 0:
         raise ConfigError("model.num_classes and model.adapter_feature_dim must be > 0 for trajadapter")
-    return TrajAdapter(
-        cfg.adapter_feature_dim,
-        size.feature_dim,
-        _segmenter_head(cfg, size),
-        _trajectory_encoder(cfg, size),
-        size.perceiver_heads,
-        cfg.num_classes,
+    reader = TrajectoryReader(
+        cfg.adapter_feature_dim, cfg.adapter_query_dim or size.feature_dim, _trajectory_encoder(cfg, size)
     )
+    return TrajAdapter(reader, size.perceiver_heads, cfg.num_classes)
 
 
 MODELS: dict[str, Callable[[ModelConfig, ModelSize], nn.Module]] = {
@@ -154,6 +153,8 @@ def _check(cfg: ModelConfig, clip_cfg: ClipConfig) -> None:
         )
     if cfg.logit_scale_init and not 1 < cfg.logit_scale_init <= MAX_LOGIT_SCALE:
         raise ConfigError(f"model.logit_scale_init {cfg.logit_scale_init}: in (1, {MAX_LOGIT_SCALE}], or 0")
+    if cfg.name == "trajadapter" and not cfg.hard_mask:
+        raise ConfigError("model.hard_mask: trajadapter reads each trajectory's features by its hard ids")
     if cfg.shared_kv and cfg.name != "trajvit2":
         raise ConfigError("model.shared_kv: only trajvit2 has two Perceivers to share keys and values")
     if cfg.rotary not in ("1d", "3d"):

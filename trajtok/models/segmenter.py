@@ -63,6 +63,7 @@ class Segmentation(TensorRecord):
     hard: torch.Tensor  # (B, T*h*w) long: argmax over K, the trajectory id of each pixel
     present: torch.Tensor  # (B, K) bool: trajectories that won at least one pixel
     grid: Grid  # (T, h, w) of the flattened pixel axis
+    queries: torch.Tensor | None = None  # (B, K, D): each trajectory's query feature, read by connectors
 
 
 class Segmenter(nn.Module):
@@ -103,8 +104,8 @@ class Segmenter(nn.Module):
         if context is None:
             context = self.perceiver.reader(features.detach() if self.detach else features, grid)
         queries = self.queries.expand(features.shape[0], -1, -1)
-        queries = self.perceiver(queries, context)
-        pixels, queries = self.pixel_head(features), self.query_head(queries)
+        latents = self.perceiver(queries, context)
+        pixels, queries = self.pixel_head(features), self.query_head(latents)
         with _full_precision(features.device):
             pixels = F.normalize(pixels.float(), dim=-1)
             queries = F.normalize(queries.float(), dim=-1)
@@ -112,7 +113,7 @@ class Segmenter(nn.Module):
         hard = logits.argmax(dim=-1)
         present = torch.zeros(logits.shape[0], logits.shape[2], dtype=torch.bool, device=logits.device)
         present.scatter_(1, hard, True)
-        return Segmentation(logits, logits.softmax(dim=-1), hard, present, grid)
+        return Segmentation(logits, logits.softmax(dim=-1), hard, present, grid, latents)
 
 
 class VideoSegmenter(nn.Module):

@@ -1,8 +1,9 @@
-"""TrajAdapter: the trajectory tokenizer as a probing head over another model's frozen features.
+"""TrajAdapter: the paper's trajectory probing head over another model's frozen features.
 
-It shows what trajectory grouping adds on top of any video model: its feature map (B, T, h, w, C) is
-segmented into trajectories, each becomes tokens, and a learned query pools them (attending only to valid
-trajectories) into one vector for a linear classifier.
+A pre-trained TrajTok segmenter segments the frames; its trajectories, brought to the frozen model's feature
+grid, each read the features under their own mask into n tokens (`trajtok.models.trajectory_reader`), and
+one learned query pools the valid tokens into one vector for a linear classifier. The paper's headline uses
+n = 4 tokens per trajectory. The attentive probe (`trajtok.eval.probe`) is this head without trajectories.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from torch import nn
 
 from trajtok.models.attention import Attention
 from trajtok.models.output import ModelOutput
-from trajtok.models.segmenter import Segmenter
-from trajtok.models.trajectory_encoder import TrajectoryEncoder
+from trajtok.models.trajectory_reader import ForeignTrajectories, TrajectoryReader
 
 
 class AttentivePool(nn.Module):
@@ -31,42 +31,24 @@ class AttentivePool(nn.Module):
 
 
 class TrajAdapter(nn.Module):
-    """Frozen features (B, T, h, w, C) -> class logits (B, classes) and the segmentation it used."""
+    """Frozen features (B, T', h', w', C) and their `ForeignTrajectories` -> class logits (B, classes)."""
 
-    def __init__(
-        self,
-        feature_dim: int,
-        dim: int,
-        segmenter: Segmenter,
-        encoder: TrajectoryEncoder,
-        heads: int,
-        classes: int,
-    ):
+    def __init__(self, reader: TrajectoryReader, heads: int, classes: int):
         super().__init__()
-        self.input = nn.Sequential(nn.Linear(feature_dim, dim), nn.LayerNorm(dim))
-        self.segmenter = segmenter
-        self.encoder = encoder
-        self.pool = AttentivePool(dim, heads)
-        self.classifier = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, classes))
+        self.reader = reader
+        self.pool = AttentivePool(reader.width, heads)
+        self.classifier = nn.Sequential(nn.LayerNorm(reader.width), nn.Linear(reader.width, classes))
 
-    def forward(self, features: torch.Tensor) -> ModelOutput:
-        _, time, height, width, _ = features.shape
-        dense = self.input(features.detach()).flatten(1, 3)  # the probed model stays frozen
-        segmentation = self.segmenter(dense, (time, height, width))
-        tokens, mask = self.encoder(dense, segmentation)
-        pooled = self.pool(tokens, mask)
+    def forward(self, features: torch.Tensor, trajectories: ForeignTrajectories) -> ModelOutput:
+        tokens, mask = self.reader(features.detach(), trajectories)  # the probed model stays frozen
         return ModelOutput(
-            seg_logits=segmentation.logits,
-            seg_grid=segmentation.grid,
             token_mask=mask,
             num_tokens=mask.sum(dim=-1),
-            class_logits=self.classifier(pooled),
+            class_logits=self.classifier(self.pool(tokens, mask)),
         )
 
     def parts(self) -> dict[str, nn.Module]:
         return {
-            "input_projection": self.input,
-            "segmenter": self.segmenter,
-            "trajectory_encoder": self.encoder,
+            "trajectory_reader": self.reader,
             "pooling_classifier": nn.ModuleList([self.pool, self.classifier]),
         }

@@ -2,8 +2,10 @@
 
 Tokens start from the soft-mask-weighted mean of the features: that mean is the one differentiable path
 from the downstream (contrastive) loss back into the segmenter, which is how the video objective shapes
-the grouping. A Perceiver then refines them with cross-attention masked by the hard assignment (a token
-reads only its trajectory's pixels) and self-attention masked to the trajectory's own sub-tokens, so
+the grouping. A connector that reads another model's features starts them instead from the segmenter's
+query features (`initial`, `trajtok.models.trajectory_reader`). A Perceiver then refines them with
+cross-attention masked by the hard assignment (a token reads only its trajectory's pixels) and
+self-attention masked to the trajectory's own sub-tokens, so
 tokens of different trajectories never mix here and empty trajectories affect nothing. Packed (the default),
 the same attention runs by pixel index instead of through dense masks (`trajtok.models.packing`).
 `hard_mask=False` is the paper's ablation: every token reads every pixel, its attention biased by the log of
@@ -71,22 +73,28 @@ class TrajectoryEncoder(nn.Module):
         return features + sincos_3d(grid, features.shape[-1], features.device).to(features.dtype)
 
     def forward(
-        self, features: torch.Tensor, segmentation: Segmentation, context: ContextKV | None = None
+        self,
+        features: torch.Tensor,
+        segmentation: Segmentation,
+        context: ContextKV | None = None,
+        initial: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`context`: keys and values of `positioned(features)` another module computed (shared K/V)."""
+        """`context`: keys and values of `positioned(features)` another module computed (shared K/V);
+        `initial` (B, K, D): where each trajectory's tokens start, instead of its soft-mask mean."""
         n = self.tokens_per_trajectory()
         batch, _, dim = features.shape
-        num_trajectories = segmentation.soft.shape[-1]
+        num_trajectories = segmentation.present.shape[1]
         positioned = self.positioned(features, segmentation.grid)
         if context is None:
             context = self.perceiver.reader(positioned, segmentation.grid)
         context = context.at(segmentation.grid)
 
-        # the soft masks come in fp32 (the assignment is computed so); the features' dtype is enough here
-        weights = segmentation.soft.transpose(1, 2).to(positioned.dtype)  # (B, K, N)
-        mass = weights.sum(dim=-1, keepdim=True).clamp_min(1e-6)
-        means = (weights @ positioned) / mass  # (B, K, D)
-        tokens = (means[:, :, None, :] + self.sub_tokens[:n]).reshape(batch, num_trajectories * n, dim)
+        if initial is None:
+            # the soft masks come in fp32 (the assignment is computed so); the features' dtype is enough
+            weights = segmentation.soft.transpose(1, 2).to(positioned.dtype)  # (B, K, N)
+            mass = weights.sum(dim=-1, keepdim=True).clamp_min(1e-6)
+            initial = (weights @ positioned) / mass  # (B, K, D)
+        tokens = (initial[:, :, None, :] + self.sub_tokens[:n]).reshape(batch, num_trajectories * n, dim)
 
         if self.packed and self.hard_mask:
             groups = TrajectoryGroups(segmentation.hard, n)
