@@ -18,7 +18,7 @@ from trajtok.models.trajectory_reader import (
     TrajectoryReader,
     TrajTokConnector,
     load_segmenting_model,
-    resize_logits,
+    resize_to_grid,
     trajectories_on_grid,
 )
 
@@ -65,9 +65,9 @@ def crossing_clip(frames: int = 16, size: int = 8, window: int = 8, first_query:
 def test_resize_averages_logits_under_a_coarser_cell_before_the_argmax():
     # four pixels in a row: three lean slightly to query 1, one strongly to query 0; one cell holds them
     logits = torch.tensor([[5.0, 0.0, 0.0, 0.0], [0.0, 0.1, 0.1, 0.1]]).view(1, 2, 1, 1, 4)
-    assert resize_logits(logits, (1, 1, 1)).argmax(dim=1).item() == 0  # the mean, not the majority
-    assert resize_logits(logits, (1, 1, 2)).argmax(dim=1).flatten().tolist() == [0, 1]
-    grown = resize_logits(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).view(1, 2, 1, 1, 2), (2, 1, 4))
+    assert resize_to_grid(logits, (1, 1, 1)).argmax(dim=1).item() == 0  # the mean, not the majority
+    assert resize_to_grid(logits, (1, 1, 2)).argmax(dim=1).flatten().tolist() == [0, 1]
+    grown = resize_to_grid(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).view(1, 2, 1, 1, 2), (2, 1, 4))
     assert grown.shape == (1, 2, 2, 1, 4) and grown.argmax(dim=1)[0, 0, 0].tolist() == [0, 0, 1, 1]
 
 
@@ -187,3 +187,48 @@ def test_trajadapter_forward_and_backward_leave_the_features_frozen():
     out.class_logits.sum().backward()
     assert features.grad is None
     assert all(p.grad is not None for p in adapter.parameters() if p.requires_grad)
+
+
+def test_a_trajectory_smaller_than_a_cell_owns_none_but_covers_its_share():
+    segmenter = PaintedSegmenter(num_queries=4)
+    clip = torch.zeros(1, 8, 3, 8, 8)
+    clip[0, :, 0, 1:3, 1:3] = 1.0  # a 2x2 object: a quarter of one 4x4 cell of the 2x2 foreign grid
+    hard = trajectories_on_grid(segmenter, clip, (8, 2, 2))
+    covered = trajectories_on_grid(segmenter, clip, (8, 2, 2), coverage=True)
+    assert hard.present[0].tolist() == [False, True, False, False]  # only the background owns a cell
+    assert covered.present[0].tolist() == [True, True, False, False]
+    assert torch.allclose(covered.coverage.sum(dim=2), torch.ones(1, 32))  # every cell's shares sum to 1
+    assert torch.allclose(covered.coverage[0].view(8, 2, 2, 4)[:, 0, 0, 0], torch.full((8,), 0.25))
+
+
+def test_linking_merges_coverage_with_the_slots():
+    segmenter = PaintedSegmenter(num_queries=4)
+    clip = crossing_clip(first_query=[3, 1])
+    linked = trajectories_on_grid(segmenter, clip, (16, 8, 8), chunk_frames=8, link_iou=0.5, coverage=True)
+    assert linked.present.sum().item() == 2 and linked.coverage.shape == (1, 1024, 8)
+    assert torch.allclose(linked.coverage.sum(dim=2), torch.ones(1, 1024))
+    owned = linked.coverage.argmax(dim=2)
+    assert set(owned.unique().tolist()) <= set(linked.present[0].nonzero().flatten().tolist())
+
+
+def test_a_coverage_reader_reads_only_the_cells_its_trajectory_covers():
+    torch.manual_seed(0)
+    encoder = TrajectoryEncoder(
+        16, 1, 2, train_tokens_per_trajectory=(2,), eval_tokens_per_trajectory=2, hard_mask=False
+    )
+    module = TrajectoryReader(10, QUERY_DIM, encoder, out_dim=12).eval()
+    grid = (1, 2, 2)
+    coverage = torch.tensor([[[0.75, 0.25, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]])
+    trajectories = ForeignTrajectories.from_ids(
+        coverage.argmax(2), torch.randn(1, 3, QUERY_DIM), grid, coverage
+    )
+    assert trajectories.present.tolist() == [[True, True, True]]  # slot 1 owns no cell but covers one
+    features = torch.randn(1, *grid, 10)
+    with torch.no_grad():
+        tokens, _ = module(features, trajectories)
+        changed = features.clone()
+        changed[0, 0, 0, 1] += 3.0  # cell 1 (t 0, y 0, x 1): covered by slot 0 only
+        moved = (module(changed, trajectories)[0] - tokens).abs().amax(dim=-1).view(3, 2)
+    assert (moved[0] > 1e-3).all() and (moved[1:] < 1e-7).all()  # not read at all: no 1e-6 leak
+    with pytest.raises(ValueError, match="coverage=True"):
+        module(features, ForeignTrajectories.from_ids(coverage.argmax(2), trajectories.queries, grid))

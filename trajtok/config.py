@@ -235,6 +235,11 @@ class ProbeConfig:
     tokens_per_trajectory: list[int] = field(default_factory=lambda: [1, 2, 4])
     chunk_frames: int = 8  # frames per segmentation window (the release's training length); 0 = whole clip
     link_iou: float = 0.0  # > 0: trajectories continuing across windows are linked at this mask IoU
+    # coverage: a trajectory reads every feature it covers part of, its attention weighted by the share (a
+    # ViT's 16 px patches are 4x coarser than the segmenter's grid: small trajectories own no whole patch);
+    # hard: only the features it owns (argmax of the logits on the feature grid, the release's; packed,
+    # cheaper: coverage caches (features x windows*K) shares per clip and attends densely)
+    masks: str = "coverage"
 
 
 @dataclass

@@ -41,6 +41,11 @@ BENCHMARKS = {  # name -> (script, help)
         "how far the segmentation losses can fall: trained segmenters against the exact ground truth's loss "
         "on the same pseudo-labels",
     ),
+    "probe": (
+        "bench_probe",
+        "probing heads on one frozen model's features: linear, attentive and TrajAdapter (n = 1, 2, 4), "
+        "top-1 over several seeds on a labelled synthetic set",
+    ),
     "reader": (
         "bench_reader_revisions",
         "the video reader of another git revision (--base REV) against this tree's, CPU ms per clip by stage",

@@ -63,10 +63,17 @@ class AttentiveProbe(nn.Module):
 
 
 def build_head(
-    name: str, feature_dim: int, classes: int, size: str, tokens_per_trajectory: int = 1, query_dim: int = 0
+    name: str,
+    feature_dim: int,
+    classes: int,
+    size: str,
+    tokens_per_trajectory: int = 1,
+    query_dim: int = 0,
+    hard_mask: bool = True,
 ) -> nn.Module:
     """A fresh probing head; `size` names the model size whose widths the attentive heads take; TrajAdapter
-    makes `tokens_per_trajectory` tokens per trajectory from segmenter queries of width `query_dim`."""
+    makes `tokens_per_trajectory` tokens per trajectory from segmenter queries of width `query_dim`, reading
+    by ids (`hard_mask`) or by coverage."""
     if size not in MODEL_SIZES:
         raise ConfigError(f"eval.probe.size '{size}': choose one of {', '.join(MODEL_SIZES)}")
     widths = MODEL_SIZES[size]
@@ -84,6 +91,7 @@ def build_head(
             adapter_query_dim=query_dim,
             tokens_per_trajectory=[n],
             eval_tokens_per_trajectory=n,
+            hard_mask=hard_mask,
         )
         return build_model(cfg, ClipConfig())
     raise ConfigError(f"eval.probe.heads: unknown head '{name}'; choose from {', '.join(HEADS)}")
@@ -195,12 +203,13 @@ def compare_heads(
         raise ConfigError("eval.probe.segmenter: TrajAdapter needs a trained segmenter's trajectories")
     train_trajectories, test_trajectories = trajectories or (None, None)
     query_dim = train_trajectories.queries.shape[-1] if train_trajectories is not None else 0
+    hard_mask = train_trajectories is None or train_trajectories.coverage is None
     x_train, x_test = torch.from_numpy(train_features).float(), torch.from_numpy(test_features).float()
     y_train, y_test = torch.from_numpy(train_labels).long(), torch.from_numpy(test_labels).long()
     results = []
     for result_name, name, n in tqdm(variants, desc="probes", unit="head"):
         torch.manual_seed(seed)
-        head = build_head(name, x_train.shape[-1], num_classes, budget.size, n, query_dim)
+        head = build_head(name, x_train.shape[-1], num_classes, budget.size, n, query_dim, hard_mask)
         final_loss, seconds = train_head(head, x_train, y_train, budget, seed, train_trajectories)
         top1, top5 = accuracy(head, x_test, y_test, budget.batch_size, test_trajectories)
         params = sum(p.numel() for p in head.parameters())

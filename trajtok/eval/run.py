@@ -65,6 +65,7 @@ from trajtok.tracking import NullTracker, Tracker, start_tracker, tracking_uri
 log = logging.getLogger("trajtok.eval")
 
 TASKS = ("retrieval", "classify", "segment", "probe")
+PROBE_MASKS = ("hard", "coverage")
 PICTURE_CLIPS = 4  # clips the segment task draws: frame | label map | prediction
 PICTURE_KEY = "picture"  # a task's picture in its record: logged as an image, not written to the JSON
 _METRIC_KEY = re.compile(r"[^\w./ :-]")  # characters MLflow refuses in a metric name
@@ -261,7 +262,10 @@ def run_probe(job: Evaluation, items: list[EvalItem]) -> dict[str, Any]:
         feature_map = feature_map_fn(extractor)
     else:
         source, feature_map = job.cfg.eval.ckpt, feature_map_fn(job.model)
+    if probe.masks not in PROBE_MASKS:
+        raise ConfigError(f"eval.probe.masks '{probe.masks}': choose one of {', '.join(PROBE_MASKS)}")
     segmenter = _probe_segmenter(job) if "trajadapter" in probe.heads else None
+    coverage = probe.masks == "coverage"
 
     def inputs(batch: dict[str, torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor, ...]:
         frames = normalise_frames(batch["frames"], job.device)
@@ -269,8 +273,8 @@ def run_probe(job: Evaluation, items: list[EvalItem]) -> dict[str, Any]:
         if segmenter is None:
             return features
         grid = tuple(features.shape[1:4])
-        found = trajectories_on_grid(segmenter, frames, grid, probe.chunk_frames, probe.link_iou)
-        return features, found.ids, found.queries.float()
+        found = trajectories_on_grid(segmenter, frames, grid, probe.chunk_frames, probe.link_iou, coverage)
+        return features, found.ids, found.queries.float(), *([found.coverage] if coverage else [])
 
     train = job.compute(job.clips(train_items), inputs, "probe train features")
     test = job.compute(job.clips(items), inputs, "probe test features")
@@ -279,8 +283,10 @@ def run_probe(job: Evaluation, items: list[EvalItem]) -> dict[str, Any]:
         (train, *train_found), (test, *test_found) = train, test
         grid = tuple(train.shape[1:4])
         trajectories = tuple(
-            ForeignTrajectories.from_ids(torch.from_numpy(ids), torch.from_numpy(queries), grid)
-            for ids, queries in (train_found, test_found)
+            ForeignTrajectories.from_ids(
+                *map(torch.from_numpy, found[:2]), grid, *map(torch.from_numpy, found[2:])
+            )
+            for found in (train_found, test_found)
         )
     details = {
         "features": source,

@@ -20,7 +20,7 @@
     model(features (B, T', h', w', C = model.adapter_feature_dim), trajectories) -> ModelOutput with
     class_logits (B, classes), token_mask, num_tokens; `trajectories` from
     `trajtok.models.trajectory_reader.trajectories_on_grid` with a trained segmenter (query width
-    model.adapter_query_dim).
+    model.adapter_query_dim; with model.hard_mask=false the trajectories need their coverage).
 
 Losses for all of them: `trajtok.losses.total_loss(output, labels, loss_cfg, mode)`. Every model has
 `parts() -> {name: module}` (parameter counts, per-part learning rates) and `registry_name`.
@@ -153,8 +153,6 @@ def _check(cfg: ModelConfig, clip_cfg: ClipConfig) -> None:
         )
     if cfg.logit_scale_init and not 1 < cfg.logit_scale_init <= MAX_LOGIT_SCALE:
         raise ConfigError(f"model.logit_scale_init {cfg.logit_scale_init}: in (1, {MAX_LOGIT_SCALE}], or 0")
-    if cfg.name == "trajadapter" and not cfg.hard_mask:
-        raise ConfigError("model.hard_mask: trajadapter reads each trajectory's features by its hard ids")
     if cfg.shared_kv and cfg.name != "trajvit2":
         raise ConfigError("model.shared_kv: only trajvit2 has two Perceivers to share keys and values")
     if cfg.rotary not in ("1d", "3d"):

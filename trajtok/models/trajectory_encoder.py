@@ -24,6 +24,7 @@ from trajtok.models.positions import Grid, fourier_features, sincos_3d
 from trajtok.models.segmenter import Segmentation
 
 MAX_TOKENS_PER_TRAJECTORY = 4
+UNREAD_BIAS = -1e4  # attention bias of a pixel a trajectory has no share of: finite, so no row is all -inf
 
 
 class TrajectoryEncoder(nn.Module):
@@ -105,7 +106,9 @@ class TrajectoryEncoder(nn.Module):
             if self.hard_mask:
                 cross_mask = segmentation.hard[:, None, :] == owner[None, :, None]  # (B, K*n, N)
             else:
-                log_soft = segmentation.soft.clamp_min(1e-6).log().to(context.key_states.dtype)  # (B, N, K)
+                soft = segmentation.soft  # (B, N, K); an exact 0 (a coverage share) is not read at all
+                log_soft = soft.clamp_min(1e-6).log().masked_fill(soft == 0, UNREAD_BIAS)
+                log_soft = log_soft.to(context.key_states.dtype)
                 cross_mask = log_soft.transpose(1, 2).repeat_interleave(n, dim=1)  # (B, K*n, N)
             tokens = self.perceiver(tokens, context, cross_mask, self_mask)
         return tokens, segmentation.present.repeat_interleave(n, dim=1)
