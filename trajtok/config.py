@@ -270,6 +270,9 @@ class SynthConfig:
     fps: float = 8.0
     seed: int = 0
     generator: str = "shapes"  # shapes | blobs: two generators drawn unlike each other (data/synth.py)
+    # long-video QA instead of captions: objects enter, leave and turn at their own times; one manifest row
+    # per question with `question`, `answer` (one word) and `question_type` (data/synth_qa.py)
+    questions: bool = False
 
 
 @dataclass

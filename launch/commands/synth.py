@@ -13,7 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "synth",
         help="write the synthetic dataset: textured moving shapes with exact labels and captions",
         description="Write synth.videos clips under synth.out: videos/<id>.mp4, labels/<id>.npz and "
-        "manifest.jsonl. Deterministic by synth.seed; a rerun with the same config reuses the files.",
+        "manifest.jsonl. Deterministic by synth.seed; a rerun with the same config reuses the files. "
+        "synth.questions=true writes long-video QA instead: one row per question (question, answer, "
+        "question_type), e.g. synth.frames=64.",
     )
     add_config_arguments(parser)
     parser.set_defaults(func=run)
@@ -26,9 +28,14 @@ def run(args: argparse.Namespace) -> int:
     verb = "reused" if dataset_is_current(cfg) else "wrote"
     manifest = write_dataset(cfg)
     with manifest.open() as rows:
-        sample = json.loads(next(rows))["caption"]
+        first = json.loads(next(rows))
+    sample = (
+        f"question: {first['question']} ({first['answer']})"
+        if cfg.questions
+        else f"caption: {first['caption']}"
+    )
     print(
         f"{verb} {cfg.videos} clips of {cfg.frames} frames, {cfg.width}x{cfg.height} at {cfg.fps:g} fps, "
-        f"in {manifest.parent}\nmanifest: {manifest}\nsample caption: {sample}"
+        f"in {manifest.parent}\nmanifest: {manifest}\nsample {sample}"
     )
     return 0

@@ -100,9 +100,15 @@ class Manifest:
 
 
 def read_manifest(
-    path: str | Path, *, strict: bool = True, format: str | None = None, root: str | Path | None = None
+    path: str | Path,
+    *,
+    strict: bool = True,
+    format: str | None = None,
+    root: str | Path | None = None,
+    needs_caption: bool = True,
 ) -> Manifest:
-    """Read a JSONL, CSV or TrajViT JSON manifest; see the module docstring for formats and modes."""
+    """Read a JSONL, CSV or TrajViT JSON manifest; see the module docstring for formats and modes.
+    `needs_caption=False`: a row without `caption` is read with none (a QA set's rows carry questions)."""
     source = str(path)
     text = _read_text(source)
     fmt = format or _detect_format(source, text)
@@ -118,7 +124,7 @@ def read_manifest(
     first_line_of_id: dict[str, int] = {}
     for line, record in records:
         try:
-            row = _build_row(line, record, base, image_alias=fmt == "json")
+            row = _build_row(line, record, base, fmt == "json", needs_caption)
             if row.id is not None:
                 if row.id in first_line_of_id:
                     raise _RowError(f"duplicate id {row.id!r} (first on line {first_line_of_id[row.id]})")
@@ -246,7 +252,9 @@ def _skip_space(text: str, pos: int) -> int:
     return pos
 
 
-def _build_row(line: int, record: dict[str, Any] | _RowError, base: str, image_alias: bool) -> ManifestRow:
+def _build_row(
+    line: int, record: dict[str, Any] | _RowError, base: str, image_alias: bool, needs_caption: bool = True
+) -> ManifestRow:
     if isinstance(record, _RowError):
         raise record
     record = dict(record)
@@ -258,7 +266,8 @@ def _build_row(line: int, record: dict[str, Any] | _RowError, base: str, image_a
     if not isinstance(video, str) or not video.strip():
         raise _RowError("'video' must be a non-empty string")
     video = video.strip()
-    captions = _captions(record.pop("caption", None))
+    caption = record.pop("caption", None)
+    captions = _captions(caption) if caption is not None or needs_caption else []
     start = _seconds(record.pop("start", None), "start")
     end = _seconds(record.pop("end", None), "end")
     if end is not None and end <= (start or 0.0):

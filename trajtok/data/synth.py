@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from trajtok.config import SynthConfig, config_digest
-from trajtok.data import synth_blobs, synth_render, synth_scene
+from trajtok.data import synth_blobs, synth_qa, synth_render, synth_scene
 from trajtok.data.encode import write_video
 from trajtok.data.labels import save_labels
 from trajtok.errors import ConfigError
@@ -126,19 +126,27 @@ def write_dataset(cfg: SynthConfig) -> Path:
     (out / "synth.json").unlink(missing_ok=True)
     rows, scenes, seen = [], [], set()
     for index in tqdm(range(cfg.videos), desc="synth", unit="clip"):
-        clip = _unique_clip(cfg, index, seen)
-        seen.add(clip.caption)
         name = clip_id(cfg, index)
         files = _clip_files(name)
+        if cfg.questions:
+            clip, asked = _qa_clip(cfg, index)
+        else:
+            clip, asked = _unique_clip(cfg, index, seen), []
+            seen.add(clip.caption)
         write_video(out / files["video"], clip.frames, cfg.fps)
         save_labels(out / files["gt_labels"], clip.labels)
-        rows.append(
-            {"id": name, "video": files["video"], "caption": clip.caption, "gt_labels": files["gt_labels"]}
-        )
+        row = {"id": name, "video": files["video"], "caption": clip.caption, "gt_labels": files["gt_labels"]}
+        if asked:  # one row per question
+            rows += [
+                {**row, "id": f"{name}-{kind}", "question": q, "answer": a, "question_type": kind}
+                for kind, q, a in asked
+            ]
+        else:
+            rows.append(row)
         scenes.append({"id": name, **clip.metadata})
     _write_jsonl(manifest, rows)
     _write_jsonl(out / "scenes.jsonl", scenes)
-    _remove_stale(out, {row["id"] for row in rows})
+    _remove_stale(out, {scene["id"] for scene in scenes})
     stamp = {"digest": _digest(cfg), "generator_version": GENERATOR_VERSION, **dataclasses.asdict(cfg)}
     write_json(out / "synth.json", stamp, indent=2)
     return manifest
@@ -151,6 +159,28 @@ def _unique_clip(cfg: SynthConfig, index: int, seen: set[str]) -> SynthClip:
         if clip.caption not in seen:
             return clip
     raise ConfigError(f"synth.videos={cfg.videos}: too many clips to give each a different caption")
+
+
+def _qa_clip(cfg: SynthConfig, index: int) -> tuple[SynthClip, list[tuple[str, str, str]]]:
+    """A long-video QA clip (`synth_qa`) in which every object stays visible while it is on screen, and its
+    questions."""
+    for attempt in range(_MAX_ATTEMPTS):
+        seed = int(np.random.SeedSequence([cfg.seed, index, attempt]).generate_state(1)[0])
+        rng = np.random.default_rng(seed)
+        scene = synth_qa.sample_timed_scene(rng, cfg.frames, cfg.height, cfg.width)
+        video, labels = synth_qa.render_timed_scene(scene, cfg.height, cfg.width)
+        if all(_shown_throughout(labels, k + 1, o.appear, o.vanish) for k, o in enumerate(scene.objects)):
+            objects = synth_qa.describe(scene)
+            text = "; ".join(f"a {o['colour']} {o['shape']}" for o in objects)
+            metadata = {"seed": seed, "objects": objects}
+            return SynthClip(video, labels, text, metadata), synth_qa.questions(scene, rng)
+    raise RuntimeError(f"synth clip {index}: no scene with every object visible in {_MAX_ATTEMPTS} attempts")
+
+
+def _shown_throughout(labels: np.ndarray, label: int, first: int, last: int) -> bool:
+    """Visible in every frame it is on screen, with at least 30 % of its typical area (not hidden)."""
+    area = (labels[first : last + 1] == label).sum(axis=(1, 2))
+    return bool(area.min() >= max(_MIN_VISIBLE_PER_FRAME * np.median(area), 1))
 
 
 def _clip_files(name: str) -> dict[str, str]:

@@ -27,8 +27,8 @@ def render_scene(
     the labels tells how much of the object is hidden.
     """
     margin = math.ceil(max(abs(p) for p in scene.pan)) + 2
-    background = _background(scene.background_seed, height + 2 * margin, width + 2 * margin)
-    sprites = [_sprite(obj) for obj in scene.objects]
+    background = make_background(scene.background_seed, height + 2 * margin, width + 2 * margin)
+    sprites = [make_sprite(obj) for obj in scene.objects]
     video = np.empty((frames, height, width, 3), np.uint8)
     labels = np.zeros((frames, height, width), np.uint16)
     drawn = np.zeros((frames, len(scene.objects)), np.int64)
@@ -48,13 +48,19 @@ def render_scene(
 
 def _placement(obj: ObjectSpec, size: int, u: float) -> np.ndarray:
     """Affine map from sprite pixels to screen pixels at clip progress u in [0, 1]."""
-    centre = (size - 1) / 2
     scale = obj.scale[0] + (obj.scale[1] - obj.scale[0]) * u
     angle = obj.angle[0] + (obj.angle[1] - obj.angle[0]) * u
     x = obj.start[0] + (obj.end[0] - obj.start[0]) * u
     y = obj.start[1] + (obj.end[1] - obj.start[1]) * u
-    matrix = cv2.getRotationMatrix2D((centre, centre), angle, obj.radius * scale / _sprite_radius(size))
-    matrix[:, 2] += (x - centre, y - centre)
+    return sprite_placement(size, obj.radius * scale, angle, (x, y))
+
+
+def sprite_placement(size: int, radius: float, angle: float, centre: tuple[float, float]) -> np.ndarray:
+    """Affine map from a sprite of `size` pixels to screen pixels: drawn at `radius`, turned by `angle`
+    degrees, centred on `centre` (x, y)."""
+    middle = (size - 1) / 2
+    matrix = cv2.getRotationMatrix2D((middle, middle), angle, radius / _sprite_radius(size))
+    matrix[:, 2] += (centre[0] - middle, centre[1] - middle)
     return matrix
 
 
@@ -62,7 +68,7 @@ def _sprite_radius(size: int) -> float:
     return size / 2 - 2
 
 
-def _sprite(obj: ObjectSpec) -> tuple[np.ndarray, np.ndarray]:
+def make_sprite(obj: ObjectSpec) -> tuple[np.ndarray, np.ndarray]:
     """Texture (S, S, 3) uint8 and mask (S, S) uint8 at the object's largest size, so warps only shrink."""
     size = 2 * math.ceil(obj.radius * max(obj.scale)) + 4
     centre, radius = (size - 1) / 2, _sprite_radius(size)
@@ -118,7 +124,7 @@ def _pattern(texture: str, rng: np.random.Generator, xx: np.ndarray, yy: np.ndar
     raise ValueError(f"unknown texture '{texture}'")
 
 
-def _background(seed: int, height: int, width: int) -> np.ndarray:
+def make_background(seed: int, height: int, width: int) -> np.ndarray:
     """Low-saturation clutter (gratings, blotches, grey bars, grain) that objects' hues stand out from."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)

@@ -36,7 +36,7 @@ MOTIONS = (
     "leaving to the right",
 )
 MAX_OBJECTS = 4
-_COUNT_WORDS = ("one", "two", "three", "four")
+COUNT_WORDS = ("one", "two", "three", "four")
 _GROWTH = (0.5, 1.0)  # scale at the start and end of "growing"; reversed for "shrinking"
 
 
@@ -144,4 +144,4 @@ def caption(scene: Scene) -> str:
     phrases = [f"a {o.colour} {o.shape} {o.motion}" for o in objects]
     listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
     noun = "object" if len(objects) == 1 else "objects"
-    return f"{_COUNT_WORDS[len(objects) - 1]} {noun}: {listed}"
+    return f"{COUNT_WORDS[len(objects) - 1]} {noun}: {listed}"
