@@ -28,7 +28,8 @@ except ImportError:  # omegaconf 2.3
 from trajtok.errors import ConfigError
 from trajtok.rundir import CONFIG_FILE, write_text
 
-MODEL_NAMES = ("trajvit2", "vit3d", "segmenter", "trajadapter")  # the registry's, for --help without torch
+# the registry's, for --help without torch
+MODEL_NAMES = ("trajvit2", "vit3d", "segmenter", "trajadapter", "trajvlm", "patchvlm")
 DECODE_TIMEOUT = 60.0  # seconds before a hanging decode is abandoned (`pipeline.decode_timeout`, readers)
 
 
@@ -67,10 +68,33 @@ class ClipConfig:
 
 
 @dataclass
+class VLMConfig:
+    """`trajvlm` / `patchvlm`: a decoder-only language model answers questions about a video it reads
+    through a connector (TrajTok trajectories, or pooled patches) over a trained model's feature map."""
+
+    language: str = "tiny"  # tiny: a small random Qwen3-style LM; or a local checkpoint directory
+    tokenizer: str = ""  # the LM's tokenizer.json; "" = the checkpoint's own (train makes one for tiny)
+    vision: str = ""  # a trained vit3d / trajvit2 / segmenter run (or weights) whose feature map is read
+    segmenter: str = ""  # trajvlm: a trained segmenter or trajvit2 run; "" = `vision` when that segments
+    window_frames: int = 8  # frames per vision window and per segmentation window (the release's 8)
+    tokens_per_trajectory: int = 1  # trajvlm: n tokens per trajectory (K x n LLM tokens per window)
+    link_iou: float = 0.0  # trajvlm: > 0 links trajectories across windows at this mask IoU
+    masks: str = "coverage"  # trajvlm: coverage | hard: how a trajectory reads (as eval.probe.masks)
+    patch_pool: int = 3  # patchvlm: feature cells pooled per side (3 x 3, the paper's baseline)
+    stage: str = "all"  # connector: only the connector learns (LM, vision, segmenter frozen); all: every part
+    freeze_vision: bool = True  # in stage `all`, keep the vision tower (and segmenter) frozen anyway
+    lr_connector: float = 1.0  # per-part learning rates, as multiples of train.lr
+    lr_vision: float = 1.0
+    lr_language: float = 1.0
+    max_text_tokens: int = 48  # question + answer tokens
+    answer_tokens: int = 4  # tokens generated for an answer at evaluation
+
+
+@dataclass
 class ModelConfig:
     """Which model, at which size; names are the registry names used everywhere."""
 
-    name: str = "trajvit2"  # trajvit2 | vit3d | trajadapter | segmenter
+    name: str = "trajvit2"  # trajvit2 | vit3d | trajadapter | segmenter | trajvlm | patchvlm
     size: str = "tiny"  # tiny | small | base | paper
     num_queries: int = 0  # K trajectories; 0 = the size's default
     tokens_per_trajectory: list[int] = field(default_factory=lambda: [1, 2, 4])
@@ -108,6 +132,7 @@ class ModelConfig:
     channels_last: bool = False  # NHWC convolutions in the backbone (faster with bf16 on GPUs)
     compile: bool = False  # torch.compile each model part (GPU; costs start-up time)
     init: str = ""  # warm start: a run dir or weights.safetensors whose matching parts load (train only)
+    vlm: VLMConfig = field(default_factory=VLMConfig)
 
 
 @dataclass
@@ -246,7 +271,7 @@ class ProbeConfig:
 class EvalConfig:
     """Evaluation of the clips in data.manifest or data.eval_shards, sampled per `clip` (frames, size)."""
 
-    task: str = "retrieval"  # retrieval | classify | segment | probe
+    task: str = "retrieval"  # retrieval | classify | segment | probe | qa (a VLM on a QA manifest)
     ckpt: str = ""  # exported weights (.safetensors), or the training run directory that holds them
     dual_softmax: bool = False  # also report dual-softmax retrieval (it uses the whole test set at once)
     join_captions: bool = False  # a video's captions as one paragraph (DiDeMo / ActivityNet protocol)

@@ -1,5 +1,5 @@
 """`trajtok eval CONFIG ckpt=... task=...`: score exported weights on retrieval, classification,
-segmentation quality or probing; JSON to the run directory, metrics to MLflow."""
+segmentation quality, probing or video question answering; JSON to the run directory, metrics to MLflow."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ ALIASES = {
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
-        help="evaluate exported weights: retrieval, zero-shot classification, segmentation, probing",
+        help="evaluate exported weights: retrieval, zero-shot classification, segmentation, probing, QA",
         description="Evaluate eval.ckpt (a weights.safetensors file or the training run directory) on "
-        "eval.task (retrieval | classify | segment | probe) over data.manifest or data.eval_shards, with "
-        "the clip protocol of the config (clip.frames, clip.size, clip.sampling). Keys of the eval group "
-        "may be given bare: `ckpt=runs/x task=classify` means `eval.ckpt=... eval.task=...`. Writes "
+        "eval.task (retrieval | classify | segment | probe | qa) over data.manifest or data.eval_shards, "
+        "with the clip protocol of the config (clip.frames, clip.size, clip.sampling). Keys of the eval "
+        "group may be given bare: `ckpt=runs/x task=classify` means `eval.ckpt=... eval.task=...`. Writes "
         "<eval.out or run_dir>/eval_<task>.json and logs to MLflow, nested under the training run when the "
         "checkpoint's directory holds its mlflow_run_id. launch.nproc > 1 splits feature extraction across "
         "local processes with the same results.",

@@ -29,6 +29,7 @@ from trajtok.data.clips import cut_clip
 from trajtok.data.labels import load_labels
 from trajtok.data.loader import expand_shards
 from trajtok.data.manifest import ManifestRow, read_manifest
+from trajtok.data.qa import QAItem
 from trajtok.data.sample import decode_sample
 from trajtok.data.video import open_video
 from trajtok.errors import ConfigError
@@ -165,3 +166,20 @@ class EvalClips(Dataset):
             )
         keep = np.linspace(0, count - 1, self.clip.frames).round().astype(np.int64)  # the clip's whole span
         return frames[keep], labels[keep] if self.with_labels else None
+
+
+class QAClips(EvalClips):
+    """A QA set's clips (`trajtok.data.qa`), each with its `question`, `answer` and key."""
+
+    def __init__(self, items: list[QAItem], clip: ClipConfig):
+        super().__init__([EvalItem(item.key, [], None, item.row) for item in items], clip)
+        self.qa = items
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.qa[index]
+        return {
+            **super().__getitem__(index),
+            "question": item.question,
+            "answer": item.answer,
+            "keys": item.key,
+        }

@@ -7,7 +7,7 @@ an uneven split recomputes its first batch to keep step with the others (a colle
 those rows, and the rows that fill the last partial batch, are marked as padding and dropped on gathering.
 
 What is computed is a function of a batch: video embeddings, caption embeddings, feature maps for probes,
-segmentation scores. `feature_map_fn` gives the feature map of our models or of any torch module.
+segmentation scores (feature maps: `trajtok.models.feature_maps`).
 """
 
 from __future__ import annotations
@@ -19,13 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from trajtok.distributed import get_rank, get_world_size
-from trajtok.errors import ConfigError
-from trajtok.models.vit3d import TUBELET
 
 Compute = Callable[[Any], torch.Tensor | tuple[torch.Tensor, ...]]
 
@@ -92,42 +89,3 @@ def _gather(rows: torch.Tensor, indices: torch.Tensor, total: int) -> np.ndarray
     if int(keep.sum()) != total:
         raise RuntimeError(f"gathered {int(keep.sum())} rows for {total} items")
     return out.cpu().numpy()
-
-
-def feature_map_fn(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Normalised frames (B, T, 3, H, W) -> the frozen feature map (B, t, h, w, C) a probe reads.
-
-    trajvit2 and segmenter: the backbone's dense features (B, T, H/4, W/4, D); vit3d: the transformer's
-    patch states (B, T/2, H/16, W/16, width); any other module is called on the frames and must return the
-    5-D map itself.
-    """
-    name = getattr(model, "registry_name", None)
-    if name in ("trajvit2", "segmenter"):
-        backbone = model.tokenizer.segmenter.backbone if name == "trajvit2" else model.backbone
-
-        def dense(frames: torch.Tensor) -> torch.Tensor:
-            features, grid = backbone(frames)
-            return features.view(frames.shape[0], *grid, -1)
-
-        return dense
-    if name == "vit3d":
-
-        def patches(frames: torch.Tensor) -> torch.Tensor:
-            batch, time, _, height, width = frames.shape
-            video = model.tokenizer(frames)
-            states = model.transformer(video.tokens, video.mask)[:, 1:]  # index 0 is CLS
-            grid = (-(-time // TUBELET[0]), height // TUBELET[1], width // TUBELET[2])
-            return states.reshape(batch, *grid, -1)
-
-        return patches
-    if name is not None:
-        raise ConfigError(f"model '{name}' has no frozen feature map to probe")
-
-    def module_map(frames: torch.Tensor) -> torch.Tensor:
-        out = model(frames)
-        if not isinstance(out, torch.Tensor) or out.dim() != 5:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ConfigError(f"eval.probe.feature_module must return a (B, T, h, w, C) tensor, got {shape}")
-        return out
-
-    return module_map

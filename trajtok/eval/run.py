@@ -40,16 +40,19 @@ from torch import nn
 
 from trajtok.config import JobConfig, ModelConfig, flatten, to_dict
 from trajtok.data.normalise import normalise_frames
+from trajtok.data.qa import QAItem, read_qa
 from trajtok.data.shard_urls import expand_shards
 from trajtok.distributed import get_rank, get_world_size, init_process_group
 from trajtok.errors import ConfigError
 from trajtok.eval.classify import class_embeddings, classification_metrics
-from trajtok.eval.evalset import EvalClips, EvalItem, read_items
-from trajtok.eval.features import Compute, compute_in_batches, feature_map_fn
+from trajtok.eval.evalset import EvalClips, EvalItem, QAClips, read_items
+from trajtok.eval.features import Compute, compute_in_batches
 from trajtok.eval.pictures import prediction_picture
 from trajtok.eval.probe import compare_heads
 from trajtok.eval.retrieval import chance_recall_at_1, dual_softmax, retrieval_metrics
 from trajtok.eval.segmentation import SegmentationScores, evaluate_segmentation
+from trajtok.models.feature_maps import feature_map_fn
+from trajtok.models.registry import VLM_NAMES
 from trajtok.models.text import build_tokenizer
 from trajtok.models.trajectory_encoder import MAX_TOKENS_PER_TRAJECTORY
 from trajtok.models.trajectory_reader import (
@@ -58,13 +61,14 @@ from trajtok.models.trajectory_reader import (
     load_segmenting_model,
     trajectories_on_grid,
 )
-from trajtok.models.weights import load_weights, weights_file
+from trajtok.models.vlm import QATokenizer
+from trajtok.models.weights import config_from_metadata, load_weights, weights_file
 from trajtok.rundir import read_run_id, write_json
 from trajtok.tracking import NullTracker, Tracker, start_tracker, tracking_uri
 
 log = logging.getLogger("trajtok.eval")
 
-TASKS = ("retrieval", "classify", "segment", "probe")
+TASKS = ("retrieval", "classify", "segment", "probe", "qa")
 PROBE_MASKS = ("hard", "coverage")
 PICTURE_CLIPS = 4  # clips the segment task draws: frame | label map | prediction
 PICTURE_KEY = "picture"  # a task's picture in its record: logged as an image, not written to the JSON
@@ -98,7 +102,7 @@ class Evaluation:
 
     @property
     def model_cfg(self) -> ModelConfig:
-        return ModelConfig(**json.loads(self._load()[1]["model"]))
+        return config_from_metadata(ModelConfig, self._load()[1], "model", self.cfg.eval.ckpt)
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -336,7 +340,48 @@ def _feature_module(spec: str) -> nn.Module:
     return module
 
 
-RUNNERS = {"retrieval": run_retrieval, "classify": run_classify, "segment": run_segment, "probe": run_probe}
+def run_qa(job: Evaluation, items: list[QAItem]) -> dict[str, Any]:
+    """Exact-match accuracy of a VLM's greedy answers (case and surrounding space ignored), per question
+    type, and the LLM tokens each video took."""
+    model_cfg = job.model_cfg
+    if model_cfg.name not in VLM_NAMES:
+        raise ConfigError(
+            f"task qa: model '{model_cfg.name}' answers no questions (a trajvlm or patchvlm run)"
+        )
+    model, vlm = job.model, model_cfg.vlm
+    tokenizer = QATokenizer(vlm.tokenizer)
+
+    def answers(batch: dict[str, Any]) -> torch.Tensor:
+        frames = normalise_frames(batch["frames"], job.device, job.dtype)
+        ids, mask = tokenizer.prompts(batch["question"], vlm.max_text_tokens)
+        out, video_tokens = model.answer(frames, ids.to(job.device), mask.to(job.device), vlm.answer_tokens)
+        return torch.cat([out, video_tokens[:, None]], dim=1)
+
+    table = job.compute(QAClips(items, job.cfg.clip), answers, "answers")
+    predicted = [tokenizer.answer(row[:-1].tolist()) for row in table]
+    right = np.array([p.lower() == item.answer.strip().lower() for p, item in zip(predicted, items)])
+    kinds = np.array([item.question_type for item in items])
+    metrics = {"accuracy": 100.0 * float(right.mean())}
+    metrics.update({f"accuracy/{k}": 100.0 * float(right[kinds == k].mean()) for k in sorted(set(kinds))})
+    metrics["llm_video_tokens"] = float(table[:, -1].mean())
+    details = {
+        "questions": len(items),
+        "per_type": {k: int((kinds == k).sum()) for k in sorted(set(kinds))},
+        "answers": [
+            {"key": item.key, "question": item.question, "answer": item.answer, "predicted": p}
+            for item, p in zip(items, predicted)
+        ],
+    }
+    return {"metrics": metrics, "details": details}
+
+
+RUNNERS = {
+    "retrieval": run_retrieval,
+    "classify": run_classify,
+    "segment": run_segment,
+    "probe": run_probe,
+    "qa": run_qa,
+}
 
 
 def check_evaluation(cfg: JobConfig) -> None:
@@ -353,7 +398,12 @@ def check_submission(cfg: JobConfig) -> None:
     check_evaluation(cfg)
     if cfg.eval.ckpt or not cfg.eval.probe.feature_module:
         resolve_checkpoint(cfg.eval.ckpt)
-    read_items(eval_location(cfg))
+    _read_set(cfg)
+
+
+def _read_set(cfg: JobConfig) -> list[EvalItem] | list[QAItem]:
+    """The evaluation set: questions for `qa`, clips for the other tasks."""
+    return read_qa(eval_location(cfg)) if cfg.eval.task == "qa" else read_items(eval_location(cfg))
 
 
 def evaluate(cfg: JobConfig, device: torch.device | None = None) -> dict[str, Any]:
@@ -361,7 +411,7 @@ def evaluate(cfg: JobConfig, device: torch.device | None = None) -> dict[str, An
     check_evaluation(cfg)
     task = cfg.eval.task
     job = Evaluation(cfg, device or torch.device("cpu"))
-    items = read_items(eval_location(cfg))
+    items = _read_set(cfg)
     start = time.perf_counter()
     result = RUNNERS[task](job, items)
     model_cfg = json.loads(job.metadata["model"]) if job.metadata else None

@@ -37,6 +37,7 @@ from trajtok.config import ClipConfig, ModelConfig
 from trajtok.errors import ConfigError
 from trajtok.models.backbone import ConvNeXtBackbone
 from trajtok.models.clip_model import VideoTextModel
+from trajtok.models.feature_maps import VisionTower
 from trajtok.models.rlt import RunLengthTokenizer
 from trajtok.models.segmenter import ASSIGNMENT_HEADS, MAX_LOGIT_SCALE, Segmenter, VideoSegmenter
 from trajtok.models.sizes import TRANSFORMER_SIZES, ModelSize, resolve_size
@@ -44,10 +45,23 @@ from trajtok.models.text import build_text_tower, build_tokenizer
 from trajtok.models.tome import ToMeTransformer
 from trajtok.models.trajadapter import TrajAdapter
 from trajtok.models.trajectory_encoder import MAX_TOKENS_PER_TRAJECTORY, TrajectoryEncoder
-from trajtok.models.trajectory_reader import TrajectoryReader
+from trajtok.models.trajectory_reader import (
+    TrajectoryReader,
+    TrajTokConnector,
+    load_segmenting_model,
+    query_width,
+)
 from trajtok.models.trajvit2 import TrajectoryTokenizer
 from trajtok.models.transformer import Transformer
 from trajtok.models.vit3d import TUBELET, TubeletTokenizer
+from trajtok.models.vlm import (
+    PatchConnector,
+    QATokenizer,
+    VideoLanguageModel,
+    build_language_model,
+    tokenizer_location,
+)
+from trajtok.models.weights import load_weights, weights_file
 
 
 def _size(cfg: ModelConfig) -> ModelSize:
@@ -130,17 +144,55 @@ def _trajadapter(cfg: ModelConfig, size: ModelSize) -> nn.Module:
     return TrajAdapter(reader, size.perceiver_heads, cfg.num_classes)
 
 
+def _video_language_model(cfg: ModelConfig, size: ModelSize, clip: ClipConfig) -> nn.Module:
+    """trajvlm / patchvlm: the vision run and the segmenter run are read from disk (their weights are then
+    part of this model's own, so a trained VLM still needs the runs only for their configs)."""
+    vlm = cfg.vlm
+    if not vlm.vision:
+        raise ConfigError(f"model.vlm.vision: {cfg.name} needs a trained vit3d, trajvit2 or segmenter run")
+    vision = VisionTower(load_weights(weights_file(vlm.vision, "model.vlm.vision"))[0], vlm.window_frames)
+    tokenizer = QATokenizer(tokenizer_location(vlm.language, vlm.tokenizer))
+    language = build_language_model(vlm.language, tokenizer.vocab_size)
+    width = language.config.hidden_size
+    with torch.no_grad():  # the feature width, from one window of the clip
+        probe = torch.zeros(1, min(vlm.window_frames or clip.frames, clip.frames), 3, clip.size, clip.size)
+        feature_dim = vision(probe).shape[-1]
+    if cfg.name == "patchvlm":
+        return VideoLanguageModel(vision, PatchConnector(feature_dim, width, vlm.patch_pool), language)
+    if vlm.masks not in ("coverage", "hard"):
+        raise ConfigError(f"model.vlm.masks '{vlm.masks}': choose coverage or hard")
+    segmenter = load_segmenting_model(vlm.segmenter or vlm.vision, "model.vlm.segmenter")
+    n = vlm.tokens_per_trajectory
+    encoder = TrajectoryEncoder(
+        size.feature_dim,
+        size.encoder_depth,
+        size.perceiver_heads,
+        cfg.rotary,
+        train_tokens_per_trajectory=(n,),
+        eval_tokens_per_trajectory=n,
+        packed=cfg.packed,
+        hard_mask=vlm.masks == "hard",
+        pooled=False,
+    )
+    reader = TrajectoryReader(feature_dim, query_width(segmenter), encoder, width)
+    connector = TrajTokConnector(segmenter, reader, vlm.window_frames, vlm.link_iou)
+    return VideoLanguageModel(vision, connector, language)
+
+
 MODELS: dict[str, Callable[[ModelConfig, ModelSize], nn.Module]] = {
     "trajvit2": _trajvit2,
     "vit3d": _vit3d,
     "segmenter": _segmenter,
     "trajadapter": _trajadapter,
 }
+VLM_NAMES = ("trajvlm", "patchvlm")
 
 
 def _check(cfg: ModelConfig, clip_cfg: ClipConfig) -> None:
-    if cfg.name not in MODELS:
-        raise ConfigError(f"model.name '{cfg.name}': unknown model; choose one of {', '.join(MODELS)}")
+    if cfg.name not in (*MODELS, *VLM_NAMES):
+        raise ConfigError(
+            f"model.name '{cfg.name}': unknown model; choose one of {', '.join((*MODELS, *VLM_NAMES))}"
+        )
     counts = [*cfg.tokens_per_trajectory, cfg.eval_tokens_per_trajectory]
     if not cfg.tokens_per_trajectory or not all(1 <= n <= MAX_TOKENS_PER_TRAJECTORY for n in counts):
         raise ConfigError(
@@ -170,7 +222,7 @@ def _check(cfg: ModelConfig, clip_cfg: ClipConfig) -> None:
             f"model.segment_chunk_frames {chunk}: a trajvit2 option that must divide clip.frames "
             f"({clip_cfg.frames}); 0 = the whole clip"
         )
-    multiple = TUBELET[1] if cfg.name == "vit3d" else 4
+    multiple = TUBELET[1] if cfg.name in ("vit3d", *VLM_NAMES) else 4
     if cfg.name != "trajadapter" and clip_cfg.size % multiple:
         raise ConfigError(f"clip.size {clip_cfg.size}: {cfg.name} needs a multiple of {multiple}")
 
@@ -178,7 +230,10 @@ def _check(cfg: ModelConfig, clip_cfg: ClipConfig) -> None:
 def build_model(model_cfg: ModelConfig, clip_cfg: ClipConfig) -> nn.Module:
     """A freshly initialised model (with local backbone weights if configured); see the module docstring."""
     _check(model_cfg, clip_cfg)
-    model = MODELS[model_cfg.name](model_cfg, _size(model_cfg))
+    if model_cfg.name in VLM_NAMES:
+        model = _video_language_model(model_cfg, _size(model_cfg), clip_cfg)
+    else:
+        model = MODELS[model_cfg.name](model_cfg, _size(model_cfg))
     model.registry_name = model_cfg.name
     if model_cfg.compile:
         compile_parts(model)

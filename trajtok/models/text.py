@@ -62,7 +62,9 @@ class SubwordTokenizer:
         return ids, mask
 
 
-def train_bpe_tokenizer(captions: Iterable[str], path: str | Path, vocab_size: int = 8192) -> Path:
+def train_bpe_tokenizer(
+    captions: Iterable[str], path: str | Path, vocab_size: int = 8192, specials: Sequence[str] = (BPE_PAD,)
+) -> Path:
     """Train a byte-level BPE on captions (e.g. a manifest's); save a tokenizer.json for `bpe:<path>`."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -72,7 +74,7 @@ def train_bpe_tokenizer(captions: Iterable[str], path: str | Path, vocab_size: i
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[BPE_PAD],
+        special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

@@ -81,6 +81,12 @@ def load_segmenting_model(location: str, setting: str) -> nn.Module:
     return model.eval()
 
 
+def query_width(model: nn.Module) -> int:
+    """The width of a `segmenter` or `trajvit2` model's trajectory queries (what a reader starts from)."""
+    head = model.head if model.registry_name == "segmenter" else model.tokenizer.segmenter.head
+    return head.queries.shape[-1]
+
+
 def segmentation_of(model: nn.Module, frames: torch.Tensor) -> Segmentation:
     """A `segmenter` or `trajvit2` model's segmentation of normalised frames (trajvit2 runs its trajectory
     encoder too only when its segmenter reads the encoder's keys and values)."""
@@ -236,13 +242,15 @@ class TrajTokConnector(nn.Module):
     ):
         super().__init__()
         self.segmenter, self.reader = segmenter, reader
-        self.chunk_frames, self.link_iou, self.trainable = chunk_frames, link_iou, trainable
+        self.chunk_frames, self.link_iou = chunk_frames, link_iou
         segmenter.requires_grad_(trainable)
 
     def forward(self, frames: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The segmenter learns when its parameters require gradients (`trainable`, or set later)."""
         grid = tuple(features.shape[1:4])
-        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+        trains = any(p.requires_grad for p in self.segmenter.parameters())
+        with torch.set_grad_enabled(trains and torch.is_grad_enabled()):
             trajectories = trajectories_on_grid(
-                self.segmenter, frames, grid, self.chunk_frames, self.link_iou
+                self.segmenter, frames, grid, self.chunk_frames, self.link_iou, self.reader.reads_coverage
             )
         return self.reader(features, trajectories)

@@ -66,13 +66,15 @@ def load_weights(path: str | Path) -> tuple[nn.Module, dict[str, str]]:
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
     model = build_model(
-        _schema(ModelConfig, metadata, "model", path), _schema(ClipConfig, metadata, "clip", path)
+        config_from_metadata(ModelConfig, metadata, "model", path),
+        config_from_metadata(ClipConfig, metadata, "clip", path),
     )
-    model.load_state_dict(load_file(str(path)))
+    if torch.empty(0).device.type != "meta":  # a shapes-only build (under torch.device("meta")) reads none
+        model.load_state_dict(load_file(str(path)))
     return model, metadata
 
 
-def _schema(schema: type, metadata: dict[str, str], key: str, path: str | Path):
+def config_from_metadata(schema: type, metadata: dict[str, str], key: str, path: str | Path):
     """A config group from the file's metadata, checked against this version's schema."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), json.loads(metadata[key]))

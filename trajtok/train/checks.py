@@ -13,25 +13,45 @@ import fsspec
 import torch
 
 from trajtok.config import JobConfig
+from trajtok.data.qa import read_qa
 from trajtok.data.shard_urls import expand_shards
 from trajtok.errors import ConfigError
-from trajtok.models.registry import build_model
+from trajtok.models.registry import VLM_NAMES, build_model
 from trajtok.models.weights import weights_file
 from trajtok.train.engine import check_train_config
 
-TRAINABLE = ("trajvit2", "vit3d", "segmenter")  # trajadapter probes frozen features: evaluation's job
+# trajadapter probes frozen features: evaluation's job
+TRAINABLE = ("trajvit2", "vit3d", "segmenter", *VLM_NAMES)
+VLM_STAGES = ("connector", "all")
 
 
 def check_job(cfg: JobConfig, on_gpu: bool | None = None) -> None:
     """Refuse a config the training loop cannot run (`on_gpu`: default, this host's)."""
     if cfg.model.name not in TRAINABLE:
         raise ConfigError(f"model.name '{cfg.model.name}': train takes one of {', '.join(TRAINABLE)}")
+    if cfg.model.name in VLM_NAMES:
+        check_vlm_job(cfg, on_gpu)
+        return
     if not expand_shards(cfg.data.shards):
         raise ConfigError(f"data.shards '{cfg.data.shards}': names no shard")
     if cfg.model.init:
         weights_file(cfg.model.init, "model.init")
     check_train_config(cfg.train, on_gpu=torch.cuda.is_available() if on_gpu is None else on_gpu)
     check_validation(cfg)
+
+
+def check_vlm_job(cfg: JobConfig, on_gpu: bool | None = None) -> None:
+    """Refuse a VLM training config that cannot run, before any process starts."""
+    vlm = cfg.model.vlm
+    if vlm.stage not in VLM_STAGES:
+        raise ConfigError(f"model.vlm.stage '{vlm.stage}': choose one of {', '.join(VLM_STAGES)}")
+    if not cfg.data.manifest:
+        raise ConfigError("data.manifest: a VLM trains on a QA manifest (rows with question and answer)")
+    read_qa(cfg.data.manifest)
+    weights_file(vlm.vision, "model.vlm.vision")
+    if vlm.segmenter:
+        weights_file(vlm.segmenter, "model.vlm.segmenter")
+    check_train_config(cfg.train, on_gpu=torch.cuda.is_available() if on_gpu is None else on_gpu)
 
 
 def check_validation(cfg: JobConfig) -> None:

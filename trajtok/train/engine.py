@@ -70,13 +70,25 @@ def deepspeed_config(train: TrainConfig, world_size: int, num_params: int, unive
     }
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices and convolutions; leave biases, norms, the temperature and other 1-d params alone."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(
+    model: nn.Module, weight_decay: float, lr_scales: dict[str, float] | None = None
+) -> list[dict]:
+    """Decay matrices and convolutions; leave biases, norms, the temperature and other 1-d params alone.
+    `lr_scales`: a learning-rate multiple per part of `model.parts()` (`lr_scale` in each group)."""
+    parts = model.parts() if lr_scales else {"model": model}
+    groups = []
+    for name, part in parts.items():
+        decay, no_decay = [], []
+        for param in part.parameters():
+            if param.requires_grad:
+                (decay if param.ndim >= 2 else no_decay).append(param)
+        scale = (lr_scales or {}).get(name, 1.0)
+        groups += [
+            {"params": params, "weight_decay": wd, "lr_scale": scale}
+            for params, wd in ((decay, weight_decay), (no_decay, 0.0))
+            if params or not lr_scales
+        ]
+    return groups
 
 
 def scalars_as_vectors(model: nn.Module) -> None:
@@ -92,10 +104,15 @@ def scalars_as_vectors(model: nn.Module) -> None:
 
 
 def build_engine(
-    model: nn.Module, train: TrainConfig, world_size: int, universal: bool = False
+    model: nn.Module,
+    train: TrainConfig,
+    world_size: int,
+    universal: bool = False,
+    lr_scales: dict[str, float] | None = None,
 ) -> deepspeed.DeepSpeedEngine:
     """Wrap `model` in a DeepSpeed engine with our AdamW (the process group must already exist); `universal`:
-    it will load a checkpoint's universal form (a resume on another number of ranks)."""
+    it will load a checkpoint's universal form (a resume on another number of ranks); `lr_scales`: per-part
+    learning-rate multiples (`param_groups`)."""
     on_gpu = torch.cuda.is_available()
     if not on_gpu:  # said, so that DeepSpeed does not warn that it had to guess
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -109,7 +126,11 @@ def build_engine(
     check_train_config(train, on_gpu)
     scalars_as_vectors(model)
     optimizer = torch.optim.AdamW(
-        param_groups(model, train.weight_decay), lr=train.lr, betas=(0.9, 0.98), eps=1e-6, fused=on_gpu
+        param_groups(model, train.weight_decay, lr_scales),
+        lr=train.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+        fused=on_gpu,
     )
     config = deepspeed_config(train, world_size, sum(p.numel() for p in model.parameters()), universal)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
@@ -117,9 +138,10 @@ def build_engine(
 
 
 def set_lr(engine: deepspeed.DeepSpeedEngine, lr: float) -> None:
-    """Set the learning rate of every parameter group (through ZeRO's wrapper, which shares the groups)."""
+    """Set the learning rate of every parameter group, times its `lr_scale` (through ZeRO's wrapper, which
+    shares the groups)."""
     for group in engine.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def compute_dtype(train: TrainConfig) -> torch.dtype:

@@ -26,7 +26,7 @@ from trajtok.data.normalise import normalise_frames
 from trajtok.distributed import init_process_group
 from trajtok.errors import RunDirectoryInUse
 from trajtok.losses import EarlyMatching, total_loss
-from trajtok.models.registry import build_model
+from trajtok.models.registry import VLM_NAMES, build_model
 from trajtok.models.segmenter import VideoSegmenter
 from trajtok.models.text import build_tokenizer
 from trajtok.models.weights import WEIGHTS_FILE
@@ -49,6 +49,7 @@ from trajtok.train.engine import build_engine, compute_dtype, set_lr
 from trajtok.train.metrics import TrainMeter, format_line
 from trajtok.train.preemption import StopRequest
 from trajtok.train.validation import HeldOut
+from trajtok.train.vlm_loop import train_vlm
 from trajtok.train.warm_start import warm_start
 
 log = logging.getLogger("trajtok.train")
@@ -68,10 +69,11 @@ def early_matching(model: torch.nn.Module) -> EarlyMatching | None:
 def main(cfg: JobConfig) -> int:
     """Train `cfg.model` on `cfg.data.shards` as one rank of the job; returns 0 when training is done."""
     check_job(cfg)
+    language = cfg.model.name in VLM_NAMES  # a VLM on questions and answers: trajtok.train.vlm_loop
     env = init_process_group()
     device = torch.device("cuda", env.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     with _logging(env.rank, Path(cfg.run_dir)) as log_file, _sole_writer(cfg.run_dir, env.rank):
-        return _train(cfg, env.rank, env.world_size, device, log_file)
+        return (train_vlm if language else _train)(cfg, env.rank, env.world_size, device, log_file)
 
 
 @contextlib.contextmanager

@@ -148,7 +148,7 @@ def format_line(
     parts = " ".join(
         f"{k.removeprefix('loss/')} {v:.4f}" for k, v in metrics.items() if k.startswith("loss/")
     )
-    line = f"step {step}/{total} | loss {metrics['loss']:.4f} ({parts}) | lr {lr:.2e}"
+    line = f"step {step}/{total} | loss {metrics['loss']:.4f}{f' ({parts})' if parts else ''} | lr {lr:.2e}"
     if temperature is not None:
         line += f" | temp {temperature:.4f}"
     line += (
