@@ -137,7 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=300, help="training steps per head")
-    parser.add_argument("--masks", choices=["hard", "coverage"], default="coverage", help="TrajAdapter's read")
+    parser.add_argument("--masks", choices=["hard", "coverage"], default="coverage", help="TrajAdapter reads")
     parser.add_argument("--link-iou", type=float, default=0.0, help="link trajectories across windows")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("bench-out/probe"), help="probe sets and eval runs")

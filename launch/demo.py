@@ -226,18 +226,27 @@ def training_summary(run_dir: Path, tracking_uri: str) -> dict[str, float]:
     return dict(MlflowClient(tracking_uri).get_run(read_run_id(run_dir)).data.metrics)
 
 
-def run_demo(cfg: JobConfig) -> DemoResult:
-    """Run every stage; see the module docstring."""
+def own_tracking(cfg: JobConfig, out: Path) -> JobConfig:
+    """The demo keeps its MLflow store beside its outputs unless the user names one."""
+    own_store = f"sqlite:///{out / 'mlflow.db'}"
+    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or own_store
+    return with_changes(cfg, **{"tracking.uri": uri})
+
+
+def run_demo(cfg: JobConfig) -> DemoResult | None:
+    """Run every stage; see the module docstring. With `demo.vlm.models` the VLM line instead
+    (`launch.vlm_demo`; its results are printed and written, None returned)."""
     from trajtok.eval.evalset import read_items
     from trajtok.eval.retrieval import chance_recall_at_1
 
+    if cfg.demo.vlm.models:
+        from launch.vlm_demo import run_vlm_demo
+
+        run_vlm_demo(cfg)
+        return None
     start = time.perf_counter()
     out = Path(cfg.demo.out).resolve()
-    # the demo keeps its MLflow store beside its outputs unless the user names one
-    own_store = f"sqlite:///{out / 'mlflow.db'}"
-    cfg = with_changes(
-        cfg, **{"tracking.uri": cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or own_store}
-    )
+    cfg = own_tracking(cfg, out)
     if cfg.demo.segmenter_steps < 0:
         raise ConfigError(f"demo.segmenter_steps {cfg.demo.segmenter_steps}: must be >= 0 (0 = no stage 1)")
     if cfg.demo.rounds < 1 or (cfg.demo.rounds > 1 and "trajvit2" not in cfg.demo.models):

@@ -301,6 +301,19 @@ class SynthConfig:
 
 
 @dataclass
+class DemoVLMConfig:
+    """The VLM line at demo size (configs/demo-vlm.yaml): long-video QA sets and the VLMs' training."""
+
+    models: list[str] = field(default_factory=list)  # trajvlm, patchvlm; [] = the main demo instead
+    frames: int = 64  # frames per long video (8 windows of 8)
+    train_videos: int = 256  # videos of the QA training set (3-4 questions each)
+    heldout_videos: int = 64  # held-out videos (demo.heldout_seed)
+    steps: int = 400
+    batch_size: int = 8
+    lr: float = 1.0e-3
+
+
+@dataclass
 class DemoConfig:
     """The main job on built-in data (`trajtok demo`), sized to finish in minutes on 2 CPU cores."""
 
@@ -316,6 +329,7 @@ class DemoConfig:
     segmenter_lr: float = 3.0e-3  # stage 1's peak learning rate (its own warm-up and cosine)
     rounds: int = 1  # self-labelling: round r > 1 relabels the training set with round r-1's trajvit2
     control: bool = True  # ... and also trains round r on round 1's labels, for as many steps, to compare
+    vlm: DemoVLMConfig = field(default_factory=DemoVLMConfig)
 
 
 @dataclass
