@@ -153,6 +153,40 @@ def test_self_labelling_rounds_at_tiny_size(tmp_path: Path, repo_root: Path):
     assert "trajtok (round 1 trajvit2)" in table and "control R@5" in table
 
 
+@pytest.mark.slow
+def test_vlm_line_at_tiny_size(tmp_path: Path, repo_root: Path):
+    """configs/demo-vlm.yaml, every stage at a few steps: the segmenter and vit3d it trains are the runs
+    both VLMs read; both are scored per question type; the token table covers 32, 64 and 128 frames."""
+    out = tmp_path / "vlm"
+    tiny = (
+        "demo.train_videos=8 demo.heldout_videos=4 demo.segmenter_steps=2 train.steps=2 train.batch_size=4 "
+        "data.samples_per_epoch=8 eval.batch_size=4 launch.nproc=1 demo.vlm.train_videos=4 "
+        "demo.vlm.heldout_videos=2 demo.vlm.frames=16 demo.vlm.steps=2 demo.vlm.batch_size=2"
+    )
+    command = [
+        TRAJTOK,
+        "demo",
+        str(repo_root / "configs" / "demo-vlm.yaml"),
+        f"demo.out={out}",
+        *tiny.split(),
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+    results = json.loads((out / "results.json").read_text())
+    models = {m["name"]: m for m in results["models"]}
+    assert set(models) == {"trajvlm", "patchvlm"}
+    for m in models.values():
+        assert m["steps"] == 2 and 0 <= m["metrics"]["accuracy"] <= 100
+        assert {"accuracy/count", "accuracy/order"} <= set(m["metrics"])
+        assert sorted(int(f) for f in m["tokens"]) == [32, 64, 128]
+    trained = (out / "runs" / "trajvlm" / "config.yaml").read_text()
+    assert str(out / "runs" / "vit3d") in trained and str(out / "runs" / "segmenter") in trained
+    patch, traj = models["patchvlm"]["tokens"], models["trajvlm"]["tokens"]
+    assert patch["128"][1] == 2 * patch["64"][1] and traj["128"][1] == 2 * traj["64"][1]  # per window / frame
+    assert "tokens@128" in proc.stdout
+
+
 @pytest.mark.parametrize(
     ("named", "problem"),
     [("train", "name both, or neither"), ("both-uncaptioned", "mine.jsonl:1: missing 'caption' field")],
