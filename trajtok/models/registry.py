@@ -28,6 +28,7 @@ Losses for all of them: `trajtok.losses.total_loss(output, labels, loss_cfg, mod
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -163,17 +164,8 @@ def _video_language_model(cfg: ModelConfig, size: ModelSize, clip: ClipConfig) -
         raise ConfigError(f"model.vlm.masks '{vlm.masks}': choose coverage or hard")
     segmenter = load_segmenting_model(vlm.segmenter or vlm.vision, "model.vlm.segmenter")
     n = vlm.tokens_per_trajectory
-    encoder = TrajectoryEncoder(
-        size.feature_dim,
-        size.encoder_depth,
-        size.perceiver_heads,
-        cfg.rotary,
-        train_tokens_per_trajectory=(n,),
-        eval_tokens_per_trajectory=n,
-        packed=cfg.packed,
-        hard_mask=vlm.masks == "hard",
-        pooled=False,
-    )
+    reads = {"tokens_per_trajectory": [n], "eval_tokens_per_trajectory": n, "hard_mask": vlm.masks == "hard"}
+    encoder = _trajectory_encoder(dataclasses.replace(cfg, **reads, pooled_read=False), size)
     reader = TrajectoryReader(feature_dim, query_width(segmenter), encoder, width)
     connector = TrajTokConnector(segmenter, reader, vlm.window_frames, vlm.link_iou)
     return VideoLanguageModel(vision, connector, language)
