@@ -180,3 +180,24 @@ def test_two_process_training_then_qa_evaluation_through_the_cli(runs, tmp_path,
     # a model that answers nothing: one line
     assert cli(["eval", f"ckpt={runs['vision']}", "task=qa", *common, f"run_dir={tmp_path / 'eval2'}"]) == 2
     assert "answers no questions" in capsys.readouterr().err
+
+
+def test_submit_checks_a_vlm_job_without_shards_and_says_what_dry_run_lacks(runs, tmp_path, capsys):
+    qa = write_dataset(
+        SynthConfig(out=str(tmp_path / "qa"), videos=2, frames=16, height=32, width=32, questions=True)
+    )
+    job = [
+        "configs/train/trajvlm-tiny.yaml",
+        f"data.manifest={qa}",
+        f"model.vlm.vision={runs['vision']}",
+        f"model.vlm.segmenter={runs['segmenter']}",
+        f"run_dir={tmp_path / 'run'}",
+        "tracking.enabled=false",
+    ]
+    slurm = ["launch.backend=slurm", "launch.gpus_per_node=4", "launch.dry_run=true"]
+    assert cli(["submit", "train", *job, *slurm]) == 0
+    assert "#SBATCH" in capsys.readouterr().out and not (tmp_path / "run").exists()
+    assert cli(["train", *job, "train.dry_run=true"]) == 2
+    assert "train.dry_run: not available for trajvlm" in capsys.readouterr().err
+    assert cli(["submit", "train", *job[:2], f"model.vlm.vision={tmp_path / 'none'}", *slurm]) == 2
+    assert "model.vlm.vision" in capsys.readouterr().err

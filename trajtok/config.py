@@ -29,7 +29,8 @@ from trajtok.errors import ConfigError
 from trajtok.rundir import CONFIG_FILE, write_text
 
 # the registry's, for --help without torch
-MODEL_NAMES = ("trajvit2", "vit3d", "segmenter", "trajadapter", "trajvlm", "patchvlm")
+VLM_NAMES = ("trajvlm", "patchvlm")  # video-language models: trained on QA sets, evaluated by task qa
+MODEL_NAMES = ("trajvit2", "vit3d", "segmenter", "trajadapter", *VLM_NAMES)
 DECODE_TIMEOUT = 60.0  # seconds before a hanging decode is abandoned (`pipeline.decode_timeout`, readers)
 
 

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from launch.commands._common import add_config_arguments, config_from_args
 from launch.commands.eval import ALIASES as EVAL_ALIASES
+from trajtok.config import VLM_NAMES
 from trajtok.errors import ConfigError
 
 
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
         if cfg.launch.dry_run:
             print(sbatch_script(cfg, ray=target.ray), end="")
-            if args.target == "train":
+            if args.target == "train" and cfg.model.name not in VLM_NAMES:  # the plan reads shards
                 from trajtok.train.plan import format_plan, job_plan
 
                 ranks = cfg.launch.nodes * (cfg.launch.gpus_per_node or cfg.launch.nproc)

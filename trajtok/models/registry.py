@@ -34,7 +34,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from trajtok.config import ClipConfig, ModelConfig
+from trajtok.config import VLM_NAMES, ClipConfig, ModelConfig
 from trajtok.errors import ConfigError
 from trajtok.models.backbone import ConvNeXtBackbone
 from trajtok.models.clip_model import VideoTextModel
@@ -177,7 +177,6 @@ MODELS: dict[str, Callable[[ModelConfig, ModelSize], nn.Module]] = {
     "segmenter": _segmenter,
     "trajadapter": _trajadapter,
 }
-VLM_NAMES = ("trajvlm", "patchvlm")
 
 
 def _check(cfg: ModelConfig, clip_cfg: ClipConfig) -> None:
