@@ -68,6 +68,6 @@ def test_help_answers_at_once_without_the_heavy_packages():
 
 def test_the_help_pages_model_names_are_the_registry_s():
     from trajtok.config import MODEL_NAMES
-    from trajtok.models.registry import MODELS
+    from trajtok.models.registry import REGISTRY_NAMES
 
-    assert sorted(MODEL_NAMES) == sorted(MODELS)
+    assert sorted(MODEL_NAMES) == sorted(REGISTRY_NAMES)

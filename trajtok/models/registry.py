@@ -177,13 +177,13 @@ MODELS: dict[str, Callable[[ModelConfig, ModelSize], nn.Module]] = {
     "segmenter": _segmenter,
     "trajadapter": _trajadapter,
 }
+REGISTRY_NAMES = (*MODELS, *VLM_NAMES)  # the VLMs build from their runs and the clip (_video_language_model)
 
 
 def _check(cfg: ModelConfig, clip_cfg: ClipConfig) -> None:
-    if cfg.name not in (*MODELS, *VLM_NAMES):
-        raise ConfigError(
-            f"model.name '{cfg.name}': unknown model; choose one of {', '.join((*MODELS, *VLM_NAMES))}"
-        )
+    if cfg.name not in REGISTRY_NAMES:
+        names = ", ".join(REGISTRY_NAMES)
+        raise ConfigError(f"model.name '{cfg.name}': unknown model; choose one of {names}")
     counts = [*cfg.tokens_per_trajectory, cfg.eval_tokens_per_trajectory]
     if not cfg.tokens_per_trajectory or not all(1 <= n <= MAX_TOKENS_PER_TRAJECTORY for n in counts):
         raise ConfigError(
