@@ -75,7 +75,7 @@ class VLMConfig:
 
     language: str = "tiny"  # tiny: a small random Qwen3-style LM; or a local checkpoint directory
     tokenizer: str = ""  # the LM's tokenizer.json; "" = the checkpoint's own (train makes one for tiny)
-    vision: str = ""  # a trained vit3d / trajvit2 / segmenter run (or weights) whose feature map is read
+    vision: str = ""  # the feature map: a trained vit3d / trajvit2 / segmenter run, or hf:<local dir>
     segmenter: str = ""  # trajvlm: a trained segmenter or trajvit2 run; "" = `vision` when that segments
     window_frames: int = 8  # frames per vision window and per segmentation window (the release's 8)
     tokens_per_trajectory: int = 1  # trajvlm: n tokens per trajectory (K x n LLM tokens per window)
@@ -254,7 +254,9 @@ class ProbeConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 10
     size: str = "tiny"  # model size whose widths the attentive probe and TrajAdapter take
-    feature_module: str = ""  # "pkg.module:factory" -> torch module: frames -> (B, T, h, w, C); "" = ckpt
+    # "pkg.module:factory" -> torch module: frames -> (B, T, h, w, C); hf:<dir> = a local Hugging Face
+    # vision model (VideoMAE, V-JEPA 2, SigLIP, ...: trajtok.models.hf_features); "" = eval.ckpt
+    feature_module: str = ""
     # TrajAdapter: a trained segmenter or trajvit2 run (or weights file) segments the frames; "" = eval.ckpt
     # when that is one. One TrajAdapter head per n tokens per trajectory.
     segmenter: str = ""

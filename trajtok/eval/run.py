@@ -52,6 +52,8 @@ from trajtok.eval.probe import compare_heads
 from trajtok.eval.retrieval import chance_recall_at_1, dual_softmax, retrieval_metrics
 from trajtok.eval.segmentation import SegmentationScores, evaluate_segmentation
 from trajtok.models.feature_maps import feature_map_fn
+from trajtok.models.hf_features import PREFIX as HF_PREFIX
+from trajtok.models.hf_features import load_hf_feature_map
 from trajtok.models.registry import VLM_NAMES
 from trajtok.models.text import build_tokenizer
 from trajtok.models.trajectory_encoder import MAX_TOKENS_PER_TRAJECTORY
@@ -328,6 +330,8 @@ def _probe_segmenter(job: Evaluation) -> nn.Module:
 
 
 def _feature_module(spec: str) -> nn.Module:
+    if spec.startswith(HF_PREFIX):
+        return load_hf_feature_map(spec, "eval.probe.feature_module")
     try:
         factory = pkgutil.resolve_name(spec)
     except (ImportError, AttributeError, ValueError) as err:

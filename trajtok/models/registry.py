@@ -39,6 +39,8 @@ from trajtok.errors import ConfigError
 from trajtok.models.backbone import ConvNeXtBackbone
 from trajtok.models.clip_model import VideoTextModel
 from trajtok.models.feature_maps import VisionTower
+from trajtok.models.hf_features import PREFIX as HF_PREFIX
+from trajtok.models.hf_features import load_hf_feature_map
 from trajtok.models.rlt import RunLengthTokenizer
 from trajtok.models.segmenter import ASSIGNMENT_HEADS, MAX_LOGIT_SCALE, Segmenter, VideoSegmenter
 from trajtok.models.sizes import TRANSFORMER_SIZES, ModelSize, resolve_size
@@ -150,8 +152,14 @@ def _video_language_model(cfg: ModelConfig, size: ModelSize, clip: ClipConfig) -
     part of this model's own, so a trained VLM still needs the runs only for their configs)."""
     vlm = cfg.vlm
     if not vlm.vision:
-        raise ConfigError(f"model.vlm.vision: {cfg.name} needs a trained vit3d, trajvit2 or segmenter run")
-    vision = VisionTower(load_weights(weights_file(vlm.vision, "model.vlm.vision"))[0], vlm.window_frames)
+        raise ConfigError(
+            f"model.vlm.vision: {cfg.name} needs a trained vit3d, trajvit2 or segmenter run, or hf:<dir>"
+        )
+    if vlm.vision.startswith(HF_PREFIX):  # a local Hugging Face vision model (VideoMAE, SigLIP, ...)
+        vision_model = load_hf_feature_map(vlm.vision, "model.vlm.vision")
+    else:
+        vision_model = load_weights(weights_file(vlm.vision, "model.vlm.vision"))[0]
+    vision = VisionTower(vision_model, vlm.window_frames)
     tokenizer = QATokenizer(tokenizer_location(vlm.language, vlm.tokenizer))
     language = build_language_model(vlm.language, tokenizer.vocab_size)
     width = language.config.hidden_size

@@ -16,6 +16,7 @@ from trajtok.config import JobConfig
 from trajtok.data.qa import read_qa
 from trajtok.data.shard_urls import expand_shards
 from trajtok.errors import ConfigError
+from trajtok.models.hf_features import PREFIX as HF_PREFIX
 from trajtok.models.registry import VLM_NAMES, build_model
 from trajtok.models.weights import weights_file
 from trajtok.train.engine import check_train_config
@@ -48,7 +49,8 @@ def check_vlm_job(cfg: JobConfig, on_gpu: bool | None = None) -> None:
     if not cfg.data.manifest:
         raise ConfigError("data.manifest: a VLM trains on a QA manifest (rows with question and answer)")
     read_qa(cfg.data.manifest)
-    weights_file(vlm.vision, "model.vlm.vision")
+    if not vlm.vision.startswith(HF_PREFIX):  # a Hugging Face directory is checked when it loads
+        weights_file(vlm.vision, "model.vlm.vision")
     if vlm.segmenter:
         weights_file(vlm.segmenter, "model.vlm.segmenter")
     if cfg.train.dry_run:
