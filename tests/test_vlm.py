@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from exported_runs import write_weights
+from safetensors.torch import load_file
 
 from launch.cli import main as cli
 from trajtok.config import ClipConfig, ModelConfig, SynthConfig, VLMConfig
@@ -68,7 +69,7 @@ def test_only_the_answer_is_scored(runs):
 @pytest.mark.parametrize("name", ["trajvlm", "patchvlm"])
 def test_forward_backward_reach_the_connector_and_the_language_model_only(runs, name):
     model = vlm(runs, name)
-    for part in ("vision", "segmenter"):
+    for part in ("vision", "video_segmenter"):
         if part in model.parts():
             model.parts()[part].requires_grad_(False)  # what training's default stage does
     tokenizer = QATokenizer(runs["tokenizer"])
@@ -112,7 +113,9 @@ def test_left_padded_prompts_answer_as_they_would_alone(runs):
 def test_per_part_learning_rates_and_stages(runs):
     model = vlm(runs, "trajvlm")
     model.parts()["language"].requires_grad_(False)  # stage `connector`
-    groups = param_groups(model, 0.05, {"connector": 1.0, "vision": 0.5, "language": 0.1, "segmenter": 0.5})
+    groups = param_groups(
+        model, 0.05, {"connector": 1.0, "vision": 0.5, "language": 0.1, "video_segmenter": 0.5}
+    )
     scales = {g["lr_scale"] for g in groups if g["params"]}
     language = {id(p) for p in model.parts()["language"].parameters()}
     assert not any(id(p) in language for g in groups for p in g["params"])
@@ -177,6 +180,20 @@ def test_two_process_training_then_qa_evaluation_through_the_cli(runs, tmp_path,
     ] <= 100
     assert record["metrics"]["llm_video_tokens"] >= 2  # two 8-frame windows, at least one trajectory each
     assert len(record["details"]["answers"]) == record["details"]["questions"]
+    # the release's stage 1 (connector only): warm-started from the run, the language model stays as it was
+    connector_run = tmp_path / "connector-stage"
+    stage = [
+        f"run_dir={connector_run}",
+        f"model.init={run_dir}",
+        "model.vlm.stage=connector",
+        "train.steps=1",
+    ]
+    assert cli([*args[:-6], *stage, "train.batch_size=2", "data.num_workers=0"]) == 0
+    before, after = (load_file(str(d / "weights.safetensors")) for d in (run_dir, connector_run))
+    language = [k for k in before if k.startswith("language.")]
+    connector = [k for k in before if k.startswith("connector.reader.")]
+    assert language and all(torch.equal(before[k], after[k]) for k in language)
+    assert any(not torch.equal(before[k], after[k]) for k in connector)
     # a model that answers nothing: one line
     assert cli(["eval", f"ckpt={runs['vision']}", "task=qa", *common, f"run_dir={tmp_path / 'eval2'}"]) == 2
     assert "answers no questions" in capsys.readouterr().err

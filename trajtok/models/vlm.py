@@ -177,7 +177,7 @@ class VideoLanguageModel(nn.Module):
         parts = {"vision": self.vision, "connector": self.connector, "language": self.language}
         if isinstance(self.connector, TrajTokConnector):  # the segmenter counts with the vision side
             parts["connector"] = self.connector.reader
-            parts["segmenter"] = self.connector.segmenter
+            parts["video_segmenter"] = self.connector.segmenter
         return parts
 
     def video_tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,6 +43,7 @@ from trajtok.train.checkpoint import (
 )
 from trajtok.train.engine import build_engine, compute_dtype, set_lr
 from trajtok.train.metrics import TrainMeter, format_line
+from trajtok.train.warm_start import warm_start
 
 log = logging.getLogger("trajtok.train")
 
@@ -58,6 +59,10 @@ def train_vlm(cfg: JobConfig, rank: int, world_size: int, device: torch.device, 
     cfg = _with_tokenizer(cfg, items, rank)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.clip)
+    if cfg.model.init:  # stage `all` from stage `connector`'s run, as the release does
+        started = warm_start(model, cfg.model.init)
+        if rank == 0:
+            log.info(started.describe())
     _set_stage(model, cfg)
     state = TrainState(
         config_digest=config_digest(cfg), model_digest=config_digest(cfg.model), world_size=world_size
@@ -141,7 +146,7 @@ def _set_stage(model: torch.nn.Module, cfg: JobConfig) -> None:
             "connector": True,
             "language": vlm.stage == "all",
             "vision": vlm.stage == "all" and not vlm.freeze_vision,
-            "segmenter": vlm.stage == "all" and not vlm.freeze_vision,
+            "video_segmenter": vlm.stage == "all" and not vlm.freeze_vision,
         }[name]
         part.requires_grad_(learns)
 
@@ -149,7 +154,7 @@ def _set_stage(model: torch.nn.Module, cfg: JobConfig) -> None:
 def _lr_scales(cfg: JobConfig) -> dict[str, float]:
     vlm = cfg.model.vlm
     scales = {"connector": vlm.lr_connector, "vision": vlm.lr_vision, "language": vlm.lr_language}
-    return {**scales, "segmenter": vlm.lr_vision}
+    return {**scales, "video_segmenter": vlm.lr_vision}
 
 
 def _batches(
