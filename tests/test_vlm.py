@@ -159,6 +159,10 @@ def test_two_process_training_then_qa_evaluation_through_the_cli(runs, tmp_path,
     assert (run_dir / "tokenizer.json").is_file() and (run_dir / "weights.safetensors").is_file()
     log = (run_dir / "train.log").read_text()
     assert "step 3/3" in log and "tokens/clip" in log
+    # the same command with more steps resumes from the last checkpoint, not from the start
+    assert cli([*args[:-5], "train.steps=4", *args[-4:]]) == 0
+    log = (run_dir / "train.log").read_text()
+    assert "at step 3" in log and "step 4/4" in log and "step 1/4" not in log
     assert (
         cli(
             [
