@@ -98,12 +98,12 @@ class QATokenizer:
         length = max(len(p) + len(a) for p, a in rows)
         ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
         labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
-        for row, (prompt_ids, answer_ids) in enumerate(rows):
-            ids[row, : len(prompt_ids) + len(answer_ids)] = torch.tensor(prompt_ids + answer_ids)
-            labels[row, len(prompt_ids) : len(prompt_ids) + len(answer_ids)] = torch.tensor(answer_ids)
         mask = torch.zeros_like(ids, dtype=torch.bool)
         for row, (prompt_ids, answer_ids) in enumerate(rows):
-            mask[row, : len(prompt_ids) + len(answer_ids)] = True
+            end = len(prompt_ids) + len(answer_ids)
+            ids[row, :end] = torch.tensor(prompt_ids + answer_ids)
+            labels[row, len(prompt_ids) : end] = torch.tensor(answer_ids)
+            mask[row, :end] = True
         return ids, mask, labels
 
     def prompts(self, questions: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
