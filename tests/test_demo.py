@@ -112,25 +112,27 @@ def test_demo_on_the_users_own_manifests(tmp_path: Path):
     assert trajvit2_row.split()[-2:] == ["n/a", "n/a"]
 
 
+TINY_DEMO = (
+    "demo.train_videos=8 demo.heldout_videos=4 demo.segmenter_steps=2 train.steps=2 train.batch_size=4 "
+    "data.samples_per_epoch=8 eval.batch_size=4 launch.nproc=1"
+)
+
+
+def run_tiny_demo(config: Path, out: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`trajtok demo CONFIG` with every stage at a few steps; the test fails with the output's tail."""
+    command = [TRAJTOK, "demo", str(config), f"demo.out={out}", *TINY_DEMO.split(), *extra]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
 @pytest.mark.slow
 def test_self_labelling_rounds_at_tiny_size(tmp_path: Path, repo_root: Path):
     """configs/demo-selflabel.yaml, every stage at a few steps: round 1's trajvit2 labels round 2's shards
     (each sample names it), round 2 and its control start from round 1, both rounds' labels are scored."""
     out = tmp_path / "selflabel"
-    tiny = (
-        "demo.train_videos=8 demo.heldout_videos=4 demo.segmenter_steps=2 train.steps=2 train.batch_size=4 "
-        "data.samples_per_epoch=8 eval.batch_size=4 launch.nproc=1 train.eval_every=0 "
-        f"demo.real_videos={tmp_path / 'none'}"
-    )
-    command = [
-        TRAJTOK,
-        "demo",
-        str(repo_root / "configs" / "demo-selflabel.yaml"),
-        f"demo.out={out}",
-        *tiny.split(),
-    ]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    config = repo_root / "configs" / "demo-selflabel.yaml"
+    proc = run_tiny_demo(config, out, tmp_path, "train.eval_every=0", f"demo.real_videos={tmp_path / 'none'}")
 
     results = json.loads((out / "results.json").read_text())
     steps = {m["name"]: m["steps"] for m in results["models"]}
@@ -158,20 +160,9 @@ def test_vlm_line_at_tiny_size(tmp_path: Path, repo_root: Path):
     """configs/demo-vlm.yaml, every stage at a few steps: the segmenter and vit3d it trains are the runs
     both VLMs read; both are scored per question type; the token table covers 32, 64 and 128 frames."""
     out = tmp_path / "vlm"
-    tiny = (
-        "demo.train_videos=8 demo.heldout_videos=4 demo.segmenter_steps=2 train.steps=2 train.batch_size=4 "
-        "data.samples_per_epoch=8 eval.batch_size=4 launch.nproc=1 demo.vlm.train_videos=4 "
-        "demo.vlm.heldout_videos=2 demo.vlm.frames=16 demo.vlm.steps=2 demo.vlm.batch_size=2"
-    )
-    command = [
-        TRAJTOK,
-        "demo",
-        str(repo_root / "configs" / "demo-vlm.yaml"),
-        f"demo.out={out}",
-        *tiny.split(),
-    ]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    vlm = "demo.vlm.train_videos=4 demo.vlm.heldout_videos=2 demo.vlm.frames=16 demo.vlm.steps=2 "
+    vlm += "demo.vlm.batch_size=2"
+    proc = run_tiny_demo(repo_root / "configs" / "demo-vlm.yaml", out, tmp_path, *vlm.split())
 
     results = json.loads((out / "results.json").read_text())
     models = {m["name"]: m for m in results["models"]}
