@@ -222,3 +222,15 @@ def test_submit_checks_a_vlm_job_without_shards_and_says_what_dry_run_lacks(runs
     assert "train.dry_run: not available for trajvlm" in capsys.readouterr().err
     assert cli(["submit", "train", *job[:2], f"model.vlm.vision={tmp_path / 'none'}", *slurm]) == 2
     assert "model.vlm.vision" in capsys.readouterr().err
+
+
+def test_a_local_language_model_checkpoint_with_its_own_tokenizer(runs, tmp_path):
+    """`model.vlm.language=<dir>`: a saved checkpoint (the tiny one here) with its own tokenizer.json."""
+    tiny = vlm(runs, "patchvlm").language
+    tiny.save_pretrained(tmp_path / "lm")
+    (tmp_path / "lm" / "tokenizer.json").write_bytes(runs["tokenizer"].read_bytes())
+    model = vlm(runs, "patchvlm", language=str(tmp_path / "lm"), tokenizer="")
+    for name, value in tiny.state_dict().items():
+        assert torch.equal(model.language.state_dict()[name], value), name
+    with pytest.raises(ConfigError, match="model.vlm.language"):
+        vlm(runs, "patchvlm", language=str(tmp_path / "none"))
