@@ -14,15 +14,18 @@ from pathlib import Path
 
 import pytest
 import submitit
+from exported_runs import write_weights
 from mlflow import MlflowClient
 
 from launch.cli import main
 from launch.slurm import submit
-from trajtok.config import load_config
+from trajtok.config import SynthConfig, load_config
+from trajtok.data.synth import write_dataset
 from trajtok.models.weights import WEIGHTS_FILE
 from trajtok.train.checkpoint import complete_checkpoints
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "tiny-cpu.yaml"
+VLM_CONFIG = CONFIG.parent / "trajvlm-tiny.yaml"
 JOB_TIMEOUT_S = 300
 
 
@@ -91,16 +94,31 @@ def test_a_killed_job_resubmitted_with_the_same_command_resumes_in_the_same_run(
     assert sorted(_losses(tmp_path, run_dir)) == list(range(1, 13))
 
 
+def _vlm_job(tmp_path: Path) -> tuple[Path, list[str]]:
+    """TrajVLM's config and what it reads: a small synthetic QA set and tiny vision and segmenter runs."""
+    qa = write_dataset(
+        SynthConfig(out=str(tmp_path / "qa"), videos=8, frames=16, height=32, width=32, questions=True)
+    )
+    runs = {name: write_weights(tmp_path / name, name) for name in ("vit3d", "segmenter")}
+    settings = [f"data.manifest={qa}", "clip.frames=16", "clip.size=32", "data.num_workers=0"]
+    settings += [f"model.vlm.vision={runs['vit3d']}", f"model.vlm.segmenter={runs['segmenter']}"]
+    return VLM_CONFIG, settings
+
+
 @pytest.mark.slurm
 @pytest.mark.timeout(JOB_TIMEOUT_S + 60)
-@pytest.mark.parametrize("signal_name", ["USR2", "TERM"])
+@pytest.mark.parametrize(
+    ("signal_name", "model", "steps"),
+    [("USR2", "trajvit2", 40), ("TERM", "trajvit2", 40), ("USR2", "trajvlm", 150)],
+)
 def test_preempted_training_checkpoints_where_it_stops_requeues_and_resumes_there(
-    slurm_cluster, deadline, synthetic_shards, tmp_path, monkeypatch, signal_name
+    slurm_cluster, deadline, synthetic_shards, tmp_path, monkeypatch, signal_name, model, steps
 ):
     monkeypatch.chdir(tmp_path)
+    config, settings = _vlm_job(tmp_path) if model == "trajvlm" else (CONFIG, [])
     # A 60-minute limit makes submitit read USR2 as a preemption (requeue) rather than a timeout.
-    cfg = load_config(CONFIG, [*_overrides(synthetic_shards.pattern, tmp_path, steps=40), "launch.time=60"])
-    job = submit("trajtok.train.loop:main", cfg)
+    overrides = [*_overrides(synthetic_shards.pattern, tmp_path, steps=steps), *settings, "launch.time=60"]
+    job = submit("trajtok.train.loop:main", load_config(config, overrides))
     job_dir = tmp_path / "runs"
     first_checkpoint = job_dir / "checkpoints" / "step-00000004" / "state.json"
     deadline(JOB_TIMEOUT_S).wait_for(first_checkpoint.is_file, "the first checkpoint")
@@ -116,7 +134,7 @@ def test_preempted_training_checkpoints_where_it_stops_requeues_and_resumes_ther
     assert stopped and resumed, logs[-3000:]
     assert resumed[-1] == (f"{int(stopped[0]):08d}", stopped[0])  # not back at a periodic checkpoint
     assert (job_dir / "mlflow_run_id").read_text().strip() == run_id
-    assert sorted(_losses(tmp_path, job_dir)) == list(range(1, 41))
+    assert sorted(_losses(tmp_path, job_dir)) == list(range(1, steps + 1))
     assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "FINISHED"
     assert load_config(job_dir / "config.yaml").train.resume == "auto"
     assert (job_dir / WEIGHTS_FILE).is_file()

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -43,6 +45,7 @@ from trajtok.train.checkpoint import (
 )
 from trajtok.train.engine import build_engine, compute_dtype, set_lr
 from trajtok.train.metrics import TrainMeter, format_line
+from trajtok.train.preemption import StopRequest
 from trajtok.train.warm_start import warm_start
 
 log = logging.getLogger("trajtok.train")
@@ -78,34 +81,23 @@ def train_vlm(cfg: JobConfig, rank: int, world_size: int, device: torch.device, 
     tracker = start_tracker(cfg, rank)
     state.mlflow_run_id = tracker.run_id or ""
     tokenizer = QATokenizer(cfg.model.vlm.tokenizer)
-    meter = TrainMeter(world_size, device)
-    engine.train()
     batches = _batches(cfg, items, rank, world_size, state.batches)
-    while state.step < cfg.train.steps:
-        lr = lr_at(state.step, cfg.train)
-        set_lr(engine, lr)
-        for _ in range(cfg.train.grad_accum):
-            with meter.waiting_for_data():
-                batch, state.epoch = next(batches)
-            state.batches += 1
-            frames = normalise_frames(batch["frames"].to(device), device, dtype)
-            ids, mask, labels = tokenizer.training_batch(
-                batch["question"], batch["answer"], cfg.model.vlm.max_text_tokens
-            )
-            output = engine(frames, ids.to(device), mask.to(device), labels.to(device))
-            engine.backward(output.loss)
-            engine.step()
-            meter.add({"loss": output.loss}, ModelOutput(num_tokens=output.video_tokens), batch)
-        state.step += 1
-        last = state.step == cfg.train.steps
-        if state.step % cfg.train.log_every == 0 or last:
-            metrics = meter.flush()
-            metrics.update(lr=lr, epoch=state.epoch)
-            if rank == 0:
-                log.info(format_line(state.step, cfg.train.steps, lr, None, metrics))
-            tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=state.step)
-        if state.step % cfg.train.checkpoint_every == 0 or last:
-            save_checkpoint(engine, cfg.run_dir, state, cfg.train.keep_checkpoints)
+    step = partial(_step, cfg, engine, tokenizer, TrainMeter(world_size, device), tracker, rank, dtype)
+    engine.train()
+    stop = StopRequest()  # SLURM's USR2 / TERM: a checkpoint of the step they came in, then a requeue
+    stopped_by = 0
+    with stop:
+        while state.step < cfg.train.steps and not stopped_by:
+            step(state, batches)
+            last = state.step == cfg.train.steps
+            stop_signal = stop.agreed()
+            if state.step % cfg.train.checkpoint_every == 0 or last or stop_signal:
+                save_checkpoint(engine, cfg.run_dir, state, cfg.train.keep_checkpoints)
+            stopped_by = 0 if last else stop_signal
+    if stopped_by:
+        log.warning("%s: stopped at step %d with its checkpoint", signal.Signals(stopped_by).name, state.step)
+        stop.hand_on(stopped_by)  # rank 0 under submitit requeues the job and exits here
+        return 0
     if rank == 0:
         final = resolve_resume("auto", cfg.run_dir)
         weights = export_weights(final, Path(cfg.run_dir) / WEIGHTS_FILE, cfg.model, cfg.clip, state.step)
@@ -117,6 +109,41 @@ def train_vlm(cfg: JobConfig, rank: int, world_size: int, device: torch.device, 
     tracker.close()
     torch.distributed.barrier()
     return 0
+
+
+def _step(
+    cfg: JobConfig,
+    engine,
+    tokenizer: QATokenizer,
+    meter: TrainMeter,
+    tracker,
+    rank: int,
+    dtype: torch.dtype,
+    state: TrainState,
+    batches: Iterator[tuple[dict, int]],
+) -> None:
+    """One optimizer step (train.grad_accum micro-batches) and its log line."""
+    lr = lr_at(state.step, cfg.train)
+    set_lr(engine, lr)
+    for _ in range(cfg.train.grad_accum):
+        with meter.waiting_for_data():
+            batch, state.epoch = next(batches)
+        state.batches += 1
+        frames = normalise_frames(batch["frames"].to(engine.device), engine.device, dtype)
+        ids, mask, labels = tokenizer.training_batch(
+            batch["question"], batch["answer"], cfg.model.vlm.max_text_tokens
+        )
+        output = engine(frames, ids.to(engine.device), mask.to(engine.device), labels.to(engine.device))
+        engine.backward(output.loss)
+        engine.step()
+        meter.add({"loss": output.loss}, ModelOutput(num_tokens=output.video_tokens), batch)
+    state.step += 1
+    if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
+        metrics = meter.flush()
+        metrics.update(lr=lr, epoch=state.epoch)
+        if rank == 0:
+            log.info(format_line(state.step, cfg.train.steps, lr, None, metrics))
+        tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=state.step)
 
 
 def _with_tokenizer(cfg: JobConfig, items: list[QAItem], rank: int) -> JobConfig:
