@@ -228,13 +228,19 @@ def consolidated_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """fp32 weights of a checkpoint, whatever its ZeRO stage or precision (run it on one process)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    module = torch.load(path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    model_states = path / "mp_rank_00_model_states.pt"  # ZeRO-3 keeps partitioned ones instead
+    module = (
+        torch.load(model_states, map_location="cpu", weights_only=False)["module"]
+        if model_states.is_file()
+        else {}
+    )
     if any(path.glob("*optim_states.pt")):
         chatter = io.StringIO()  # its progress bars and prints: for the debug log, not the terminal
         with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
             state = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
         log.debug("consolidating %s: %s", path, chatter.getvalue())
-        # frozen parameters (a VLM's vision tower) have no optimizer state: the module holds them as used
+        # frozen parameters (a VLM's vision tower) have no optimizer state; ZeRO-2 and 3 save them as
+        # fragments the consolidation reads, ZeRO-1 does not: there the module holds them as used
         state = {**module, **state}
     else:  # ZeRO stage 0 in fp32: the module's weights are the master weights
         state = module
