@@ -3,7 +3,7 @@ workers per GPU; which format to store frames in (`pipeline.frame_format`: mp4, 
 
 Stored clips are what `trajtok shard` writes: T-frame windows of the real sample video vtest.avi
 (pedestrians, 10 fps), resized to `--short-side`, in shard samples (frames as H.264 mp4 or per-frame jpg
-(quality 90) or png, + label map + json), for each of `--formats`.
+(quality 95, 4:2:0) or png, + label map + json), for each of `--formats`.
 1. decode: each backend (decord, PyAV) decodes every frame of every stored mp4 clip from its bytes, the
    way the loader does (`open_video` on the bytes), with this process pinned to one core: clips/s per core;
    and for every format, `decode_sample` (what a loader worker runs) in milliseconds per clip.
@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loader import clip_parts, clips_per_second, loader_config  # noqa: E402
 from common import REPO_ROOT, report, run_record, script_main  # noqa: E402
 
+from pipeline.worker import TAR_MTIME  # noqa: E402
 from trajtok.data.sample import FRAME_FORMATS, build_sample, decode_sample  # noqa: E402
 from trajtok.data.video import load_clip, open_video  # noqa: E402
 
@@ -137,7 +138,7 @@ def frame_kib(sample: dict) -> float:
 def write_shards(samples: list[dict], folder: Path, per_shard: int = 4) -> str:
     shards = math.ceil(len(samples) / per_shard)
     for shard in range(shards):
-        with wds.TarWriter(str(folder / f"bench-{shard:06d}.tar")) as sink:
+        with wds.TarWriter(str(folder / f"bench-{shard:06d}.tar"), encoder=False, mtime=TAR_MTIME) as sink:
             for sample in samples[shard * per_shard : (shard + 1) * per_shard]:
                 sink.write(sample)
     return str(folder / f"bench-{{000000..{shards - 1:06d}}}.tar")

@@ -30,7 +30,7 @@ from pipeline.worker import ShardContext, start_worker
 from pseudolabel.base import labeler_from_config
 from trajtok.config import JobConfig, RayConfig, save_config, to_dict
 from trajtok.data.manifest import Manifest, ManifestRow, read_manifest
-from trajtok.data.sample import FRAME_FORMATS, SCHEMA_VERSION
+from trajtok.data.sample import FRAME_FORMATS, SCHEMA_VERSION, frame_encoding
 from trajtok.errors import ConfigError
 from trajtok.rundir import write_text
 from trajtok.tracking import NullTracker, start_tracker
@@ -185,7 +185,7 @@ def settings_digest(cfg: JobConfig) -> str:
     settings = {
         "clip": to_dict(cfg.clip),
         "labeler": labeler,
-        "frame_format": cfg.pipeline.frame_format,
+        "frame_format": frame_encoding(cfg.pipeline.frame_format),
         "schema_version": SCHEMA_VERSION,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]

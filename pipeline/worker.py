@@ -34,7 +34,8 @@ from trajtok.data.manifest import ManifestRow
 from trajtok.data.sample import build_sample
 from trajtok.errors import TrajTokError, VideoDecodeError
 
-TAR_MTIME = 0.0  # fixed member times: a shard's bytes depend on its samples only
+TAR_MTIME = 0  # fixed member times: a shard's bytes depend on its samples only; an int, as a float
+# (0.0) makes tarfile add a PAX header to every member, which doubles the headers a loader parses
 _WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -198,6 +199,8 @@ def test_shards_read_back_with_webdataset_and_validate(finished_job):
     samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
     keys = [s["__key__"] for s in samples]
     assert len(keys) == len(set(keys)) == summary["clips"]
+    with tarfile.open(urls[0]) as tar:  # plain ustar members: no PAX header for a loader to parse
+        assert all(member.pax_headers == {} and member.mtime == 0 for member in tar.getmembers())
     stats_keys = []
     for stats in out.glob("*.stats.json"):
         stats_keys += [k for row in json.loads(stats.read_text())["rows"] for k in row["keys"]]
@@ -530,8 +533,6 @@ def _config(cfg: JobConfig, out: Path, work: Path, *extra: str) -> JobConfig:
 
 
 def _tar_names(path: Path) -> list[str]:
-    import tarfile
-
     with tarfile.open(path) as tar:
         return tar.getnames()
 

@@ -185,6 +185,13 @@ def test_settings_digest_tracks_what_changes_the_bytes():
         assert settings_digest(load_config(None, [change])) != settings_digest(base), change
 
 
+def test_settings_digest_tracks_the_jpeg_encoder(monkeypatch):
+    jpg, mp4 = (load_config(None, [f"pipeline.frame_format={f}"]) for f in ("jpg", "mp4"))
+    before = settings_digest(jpg), settings_digest(mp4)
+    monkeypatch.setattr("trajtok.data.sample.JPEG_QUALITY", 80)  # other jpg bytes: other shards
+    assert settings_digest(jpg) != before[0] and settings_digest(mp4) == before[1]
+
+
 def test_check_config_names_the_key():
     with pytest.raises(ConfigError, match="data.manifest"):
         check_config(load_config(None, ["pipeline.out=x"]))
