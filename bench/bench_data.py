@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 import cv2
@@ -43,6 +44,9 @@ from bench_loader import clip_parts, clips_per_second, loader_config  # noqa: E4
 from common import REPO_ROOT, report, run_record, script_main  # noqa: E402
 
 from pipeline.worker import TAR_MTIME  # noqa: E402
+from trajtok.config import DEVICE_DECODE_FORMATS, JobConfig  # noqa: E402
+from trajtok.data.device_decode import frames_on_device, start_decoders  # noqa: E402
+from trajtok.data.loader import build_loader  # noqa: E402
 from trajtok.data.sample import FRAME_FORMATS, build_sample, decode_sample  # noqa: E402
 from trajtok.data.video import load_clip, open_video  # noqa: E402
 
@@ -144,10 +148,40 @@ def write_shards(samples: list[dict], folder: Path, per_shard: int = 4) -> str:
     return str(folder / f"bench-{{000000..{shards - 1:06d}}}.tar")
 
 
-def loader_rate(pattern: str, args: argparse.Namespace, workers: int) -> float:
-    """Clips/s of the training loader with `workers` processes (0: in this process), after its first batch."""
+def bench_loader_config(pattern: str, args: argparse.Namespace, workers: int) -> JobConfig:
     sizes = [f"clip.frames={args.frames}", f"clip.size={args.size}", f"train.batch_size={args.batch}"]
-    return clips_per_second(loader_config(pattern, workers, *sizes), args.batches)
+    return loader_config(pattern, workers, *sizes)
+
+
+def loader_rate(
+    pattern: str, args: argparse.Namespace, workers: int, device_formats: frozenset[str] = frozenset()
+) -> float:
+    """Clips/s of the training loader with `workers` processes (0: in this process), after its first batch."""
+    return clips_per_second(bench_loader_config(pattern, args, workers), args.batches, device_formats)
+
+
+def device_decode_run(pattern: str, args: argparse.Namespace, frame_format: str) -> dict:
+    """`data.device_decode`: the worker's clips/s with the frames left encoded (one core), and the clips/s
+    the training device decodes and places them at: nvjpeg / NVDEC on a GPU, OpenCV / PyAV in this
+    process on a CPU. Empty where the device has no decoder for the format (said in one line)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    decoders = start_decoders([frame_format], device)
+    if not decoders:
+        return {}
+    formats = frozenset(decoders)
+    with one_core():
+        worker = loader_rate(pattern, args, 0, formats)
+    loader, _ = build_loader(bench_loader_config(pattern, args, 0), 0, 1, device_formats=formats)
+    batches = list(islice(loader, args.batches + 1))
+    frames_on_device(batches[0], device, decoders)  # warm-up: first-call set-up of the decoder
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    synchronize()
+    start = time.perf_counter()
+    for batch in batches[1:]:
+        frames_on_device(batch, device, decoders)
+    synchronize()
+    device_rate = args.batches * args.batch / (time.perf_counter() - start)
+    return {"worker_clips_per_s": worker, "device": str(device), "device_clips_per_s": device_rate}
 
 
 def workers_needed(step_rate: float, per_worker: float) -> int:
@@ -182,11 +216,25 @@ def format_run(args: argparse.Namespace, frame_format: str) -> dict:
             per_worker = loader_rate(pattern, args, workers=0)
             parts = clip_parts(pattern, len(samples))
         loaders = {workers: loader_rate(pattern, args, workers) for workers in range(1, args.workers + 1)}
+        on_device = (
+            device_decode_run(pattern, args, frame_format) if frame_format in DEVICE_DECODE_FORMATS else {}
+        )
     sizing = [
         {**rate, "workers_for_5pct_wait": workers_needed(rate["train_clips_per_s"], per_worker)}
         for rate in step_rates(args)
     ]
+    if on_device:
+        on_device["workers_per_gpu"] = [
+            {
+                **rate,
+                "workers_for_5pct_wait": workers_needed(
+                    rate["train_clips_per_s"], on_device["worker_clips_per_s"]
+                ),
+            }
+            for rate in step_rates(args)
+        ]
     return {
+        "device_decode": on_device,
         **result,
         "loader_clips_per_s_per_worker": per_worker,
         "loader_ms_per_clip": parts,
@@ -239,6 +287,27 @@ def markdown(result: dict) -> str:
                 f"| {name} | {row['model']} | {row['frames']} | {row['train_clips_per_s']:.1f} | "
                 f"{row['workers_for_5pct_wait']} |"
             )
+    on_device = {name: row["device_decode"] for name, row in formats.items() if row.get("device_decode")}
+    if on_device:
+        lines += [
+            "",
+            "Frames left encoded for the training device (`data.device_decode`):",
+            "",
+            "| format | clips/s per worker | device | its decode + crop clips/s | workers for wait < 5% |",
+            "|---|---|---|---|---|",
+        ]
+        for name, row in on_device.items():
+            sizing = ", ".join(
+                f"{r['workers_for_5pct_wait']} at {r['train_clips_per_s']:.0f}"
+                for r in row["workers_per_gpu"]
+            )
+            cells = [
+                name,
+                f"{row['worker_clips_per_s']:.1f}",
+                row["device"],
+                f"{row['device_clips_per_s']:.1f}",
+            ]
+            lines.append("| " + " | ".join([*cells, sizing or "-"]) + " |")
     record = result["record"]
     lines += ["", f"`{record['command']}` on {record['device']}, {record['date']}, commit {record['commit']}"]
     return "\n".join(lines)

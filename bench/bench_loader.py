@@ -88,9 +88,10 @@ def loader_config(shards: str, workers: int, *extra: str) -> JobConfig:
     )
 
 
-def clips_per_second(cfg: JobConfig, batches: int) -> float:
-    """Clips/s after the first batch (worker start-up and the shuffle buffer's first fill excluded)."""
-    loader, _ = build_loader(cfg, rank=0, world_size=1)
+def clips_per_second(cfg: JobConfig, batches: int, device_formats: frozenset[str] = frozenset()) -> float:
+    """Clips/s after the first batch (worker start-up and the shuffle buffer's first fill excluded);
+    frames in `device_formats` are left encoded for the trainer."""
+    loader, _ = build_loader(cfg, rank=0, world_size=1, device_formats=device_formats)
     stream = iter(loader)
     next(stream)
     start = time.perf_counter()

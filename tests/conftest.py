@@ -70,6 +70,7 @@ def write_synthetic_shards(
     height: int,
     width: int,
     seed: int,
+    frame_format: str = "mp4",
 ) -> str:
     """Write `num_shards` tars of `per_shard` labelled synthetic clips each; returns their brace pattern."""
     import webdataset as wds
@@ -98,6 +99,7 @@ def write_synthetic_shards(
                         source_width=width,
                         source_height=height,
                         labeler={"name": "synth", "version": "1", "params": {"seed": seed + index}},
+                        frame_format=frame_format,
                     )
                 )
     return str(directory / f"{prefix}-{{000000..{num_shards - 1:06d}}}.tar")

@@ -72,8 +72,15 @@ def test_bench_data_through_the_cli(tmp_path, capsys) -> None:
         (sizing,) = row["workers_per_gpu"]
         assert sizing["workers_for_5pct_wait"] == max(1, -(-9.5 // per_worker))
     assert result["png"]["kib_per_clip"] > result["mp4"]["kib_per_clip"]  # lossless frames are the largest
+    for kind in ("jpg", "mp4"):  # frames left encoded for the device: the worker's rate, the device's
+        on_device = result[kind]["device_decode"]
+        assert on_device["device"] == "cpu" and on_device["device_clips_per_s"] > 0
+    worker = result["mp4"]["device_decode"]["worker_clips_per_s"]  # no mp4 decoding: 6-7x, measured
+    assert worker > 2 * result["mp4"]["loader_clips_per_s_per_worker"]
+    assert result["png"]["device_decode"] == {}
     printed = capsys.readouterr().out
     assert "decode, decord, per core" in printed and "| png |" in printed
+    assert "Frames left encoded for the training device" in printed
 
 
 def test_bench_help_lists_the_benchmarks(capsys) -> None:

@@ -34,6 +34,9 @@ MODEL_NAMES = ("trajvit2", "vit3d", "segmenter", "trajadapter", *VLM_NAMES)
 DECODE_TIMEOUT = 60.0  # seconds before a hanging decode is abandoned (`pipeline.decode_timeout`, readers)
 
 
+DEVICE_DECODE_FORMATS = ("jpg", "mp4")  # data.device_decode: what a training device can decode
+
+
 @dataclass
 class DataConfig:
     """Where the data is: a manifest for pipeline jobs, shard URLs for training and evaluation."""
@@ -55,6 +58,8 @@ class DataConfig:
     jitter_strength: float = 0.4  # brightness, contrast, saturation factors drawn in [1 - s, 1 + s]
     grey: float = 0.1  # probability of turning a clip grey
     blur: float = 0.1  # probability of a Gaussian blur
+    # formats whose frames the trainer decodes on its device (nvjpeg, NVDEC) instead of the loader workers
+    device_decode: list[str] = field(default_factory=list)  # e.g. [jpg]; see trajtok/data/device_decode.py
 
 
 @dataclass

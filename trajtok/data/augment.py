@@ -73,6 +73,20 @@ def random_resized_box(height: int, width: int, params: AugmentParams, rng: np.r
     return center_crop_box(height, width, side)
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """A clip's crop window and flip, drawn once for its frames and its label map."""
+
+    box: Box
+    flip: bool
+
+
+def draw_geometry(height: int, width: int, params: AugmentParams, rng: np.random.Generator) -> Geometry:
+    """The random resized crop, then the flip: the draws `augment_clip` makes, in its order."""
+    box = random_resized_box(height, width, params, rng)
+    return Geometry(box, bool(rng.random() < params.flip))
+
+
 def augment_clip(
     frames: np.ndarray,
     labels: np.ndarray | None,
@@ -85,17 +99,21 @@ def augment_clip(
 
     g = size // 4. The crop and the flip are shared; jitter, grey and blur touch the frames only.
     """
-    box = random_resized_box(frames.shape[1], frames.shape[2], params, rng)
-    frames = resize_frames(crop_frames(frames, box), (size, size), area_below=TRAIN_AREA_BELOW)
-    if labels is not None:
-        grid = label_grid(size)
-        labels = resize_labels(crop_labels(labels, box), (grid, grid))
-    if rng.random() < params.flip:
+    geometry = draw_geometry(frames.shape[1], frames.shape[2], params, rng)
+    frames = resize_frames(crop_frames(frames, geometry.box), (size, size), area_below=TRAIN_AREA_BELOW)
+    if geometry.flip:
         for frame in frames:  # a fresh array: flipped in place, 20x faster than numpy's reversed copy
             cv2.flip(frame, 1, dst=frame)
-        labels = labels[:, :, ::-1] if labels is not None else None
-    colour = colour_draws(params, rng)
-    return np.ascontiguousarray(frames), None if labels is None else np.ascontiguousarray(labels), colour
+    return frames, place_labels(labels, geometry, size), colour_draws(params, rng)
+
+
+def place_labels(labels: np.ndarray | None, geometry: Geometry, size: int) -> np.ndarray | None:
+    """(T, H, W) labels cropped, resized to the segmenter's grid for a `size` input, and flipped."""
+    if labels is None:
+        return None
+    grid = label_grid(size)
+    labels = resize_labels(crop_labels(labels, geometry.box), (grid, grid))
+    return np.ascontiguousarray(labels[:, :, ::-1]) if geometry.flip else labels
 
 
 def center_clip(

@@ -48,8 +48,17 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from trajtok.config import JobConfig
-from trajtok.data.augment import AugmentParams, augment_clip, center_clip, label_grid
+from trajtok.data.augment import (
+    AugmentParams,
+    augment_clip,
+    center_clip,
+    colour_draws,
+    draw_geometry,
+    label_grid,
+    place_labels,
+)
 from trajtok.data.colour import NO_COLOUR
+from trajtok.data.device_decode import EncodedClip
 from trajtok.data.label_batch import pack_labels
 from trajtok.data.shard_urls import expand_shards
 from trajtok.errors import ConfigError, TrajTokError
@@ -173,11 +182,13 @@ class ClipBatches(IterableDataset):
         start_batch: int = 0,
         train: bool = True,
         order: ReadOrder | None = None,
+        device_formats: frozenset[str] = frozenset(),
     ):
         super().__init__()
         self.cfg = cfg
         self.start_batch = start_batch
         self.train = train
+        self.device_formats = device_formats if train else frozenset()  # left encoded for the trainer
         self.order = order or ReadOrder.for_job(cfg, world_size)
         self.order.check(world_size, cfg.train.batch_size)
         phases = self.order.phases
@@ -254,7 +265,9 @@ class _GroupEpoch:
             skipped += reader.skipped
             reader.skipped = Counter()
         return {
-            "frames": torch.from_numpy(np.stack([it["frames"] for it in items])).permute(0, 1, 4, 2, 3),
+            "frames": _stack_frames([it["frames"] for it in items]),
+            "encoded": [(row, it["encoded"]) for row, it in enumerate(items) if it["encoded"] is not None],
+            "size": self.ds.cfg.clip.size,
             "labels": pack_labels([it["labels"] for it in items]),  # uint16 ids as int16 bits
             "colour": torch.from_numpy(np.stack([it["colour"] for it in items])),  # applied on the device
             "captions": [it["caption"] for it in items],
@@ -322,8 +335,9 @@ class _Reader:
 def _prepare(
     raw: dict, meta: dict, spec: StreamSpec, ds: ClipBatches, rng: np.random.Generator, decode: bool
 ) -> dict | None:
-    """Pick a caption, then (unless skipping ahead) decode, pick frames and augment."""
-    from trajtok.data.sample import decode_sample
+    """Pick a caption, then (unless skipping ahead) decode, pick frames and augment; frames of a format
+    the trainer decodes (`ds.device_formats`) stay encoded, with their geometry drawn here."""
+    from trajtok.data.sample import decode_sample, frame_entries, parse_sample
 
     frame_count = int(meta["frame_count"])
     if frame_count < spec.frames:
@@ -333,14 +347,26 @@ def _prepare(
     if not decode:
         return None
     started = time.perf_counter()
-    clip = decode_sample(raw)
+    kind, names = frame_entries(raw)
+    encoded = None
+    if kind in ds.device_formats:
+        _, checked, labels = parse_sample(raw)  # the label map and every rule but the frames' pixels
+        frames, height, width = None, checked.height, checked.width
+    else:
+        clip = decode_sample(raw)
+        frames, labels = clip.frames, clip.labels
     decoded = time.perf_counter()
-    frames, labels = clip.frames, clip.labels
+    keep = np.arange(frame_count)
     if frame_count > spec.frames:  # an evenly spaced subset keeps the clip's span and frames/labels aligned
         keep = np.linspace(0, frame_count - 1, spec.frames).round().astype(np.int64)
-        frames, labels = frames[keep], None if labels is None else labels[keep]
+        frames = None if frames is None else frames[keep]
+        labels = None if labels is None else labels[keep]
     size = ds.cfg.clip.size
-    if ds.train:
+    if frames is None:  # the same draws as augment_clip, in its order
+        geometry = draw_geometry(height, width, ds.augment, rng)
+        labels, colour = place_labels(labels, geometry, size), colour_draws(ds.augment, rng)
+        encoded = EncodedClip(kind, [bytes(raw[n]) for n in names], keep.tolist(), geometry)
+    elif ds.train:
         frames, labels, colour = augment_clip(frames, labels, size, ds.augment, rng)
     else:
         (frames, labels), colour = center_clip(frames, labels, size), NO_COLOUR
@@ -350,12 +376,24 @@ def _prepare(
     timing = {"decode_s": decoded - started, "augment_s": time.perf_counter() - decoded}
     return {
         "frames": frames,
+        "encoded": encoded,
         "labels": labels,
         "colour": colour,
         "caption": caption,
         "key": raw["__key__"],
         **timing,
     }
+
+
+def _stack_frames(frames: list[np.ndarray | None]) -> torch.Tensor | None:
+    """(B, T, 3, S, S) uint8 of the clips the workers decoded; None when every clip was left encoded,
+    zeros in the rows of those left encoded in a batch of mixed formats (the trainer fills them)."""
+    decoded = [f for f in frames if f is not None]
+    if not decoded:
+        return None
+    blank = np.zeros_like(decoded[0])
+    stacked = np.stack([blank if f is None else f for f in frames])
+    return torch.from_numpy(stacked).permute(0, 1, 4, 2, 3)
 
 
 def build_loader(
@@ -365,10 +403,12 @@ def build_loader(
     start_batch: int = 0,
     train: bool = True,
     order: ReadOrder | None = None,
+    device_formats: frozenset[str] = frozenset(),
 ) -> tuple[DataLoader, ClipBatches]:
     """The DataLoader for one rank, starting at global step `start_batch` (the resume position) of the run's
-    read `order` (a new run's by default)."""
-    dataset = ClipBatches(cfg, rank, world_size, start_batch=start_batch, train=train, order=order)
+    read `order` (a new run's by default); frames in `device_formats` stay encoded for the trainer
+    (`trajtok.data.device_decode`)."""
+    dataset = ClipBatches(cfg, rank, world_size, start_batch, train, order, device_formats)
     loader = DataLoader(
         dataset,
         batch_size=None,

@@ -197,15 +197,25 @@ def validate_sample(sample: Mapping[str, Any], *, decode_frames: bool = False) -
     Checks the key, the entries, every json field, and the label map against T/H/W and the trajectory
     count; with `decode_frames`, also decodes the frames and checks their count and size.
     """
-    key, meta, _ = _parse(sample)
+    key, meta, _ = parse_sample(sample)
     if decode_frames:
         _decode_frames(sample, meta, key)
 
 
 def decode_sample(sample: Mapping[str, Any]) -> ClipSample:
     """Check a raw sample (entries as bytes, as read from a tar) and decode its frames and labels."""
-    key, meta, labels = _parse(sample)
+    key, meta, labels = parse_sample(sample)
     return ClipSample(key, _decode_frames(sample, meta, key), labels, meta)
+
+
+def frame_entries(sample: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """Where the sample's frames are: (format, entry names): ("mp4", ["mp4"]) or ("jpg" | "png", one image
+    per frame, in frame order). Also for whoever decodes them elsewhere (`trajtok.data.device_decode`)."""
+    if "mp4" in sample:
+        return "mp4", ["mp4"]
+    names = [n for n in sample if n in IMAGE_ENTRIES or _FRAME_ENTRY.fullmatch(n)]
+    names.sort(key=lambda n: int(n.split(".")[0]) if n[0].isdigit() else 0)
+    return names[0].rsplit(".", 1)[-1], names
 
 
 # --- writing frames -------------------------------------------------------------------------------------
@@ -251,7 +261,7 @@ def _encode_image(frame: np.ndarray, kind: str) -> bytes:
 # --- reading and checking -----------------------------------------------------------------------------------
 
 
-def _parse(sample: Mapping[str, Any]) -> tuple[str, SampleMeta, np.ndarray | None]:
+def parse_sample(sample: Mapping[str, Any]) -> tuple[str, SampleMeta, np.ndarray | None]:
     """Key, metadata and label map of a raw sample, every rule checked except the frames' pixels."""
     key = sample.get("__key__")
     if not isinstance(key, str) or not _KEY.fullmatch(key):
@@ -330,7 +340,8 @@ def _decode_frames(sample: Mapping[str, Any], meta: SampleMeta, key: str) -> np.
     from trajtok.data.video import open_video  # the decoders load only where frames are decoded
 
     expected = (meta.frame_count, meta.height, meta.width, 3)
-    if "mp4" in sample:
+    kind, names = frame_entries(sample)
+    if kind == "mp4":
         try:
             with open_video(bytes(sample["mp4"]), name=f"sample {key}: mp4") as video:
                 frames = video.read_frames(np.arange(video.info.num_frames))
@@ -338,16 +349,14 @@ def _decode_frames(sample: Mapping[str, Any], meta: SampleMeta, key: str) -> np.
             raise SchemaError(str(err)) from None
         entry = "mp4"
     else:
-        names = [n for n in sample if n in IMAGE_ENTRIES or _FRAME_ENTRY.fullmatch(n)]
-        names.sort(key=lambda n: int(n.split(".")[0]) if n[0].isdigit() else 0)
-        frames = np.stack([_decode_image(bytes(sample[n]), f"sample {key}: {n}") for n in names])
+        frames = np.stack([decode_image(bytes(sample[n]), f"sample {key}: {n}") for n in names])
         entry = names[0] if len(names) == 1 else "frames"
     if frames.shape != expected:
         raise SchemaError(f"sample {key}: {entry}: decodes to {frames.shape}, the json says {expected}")
     return frames
 
 
-def _decode_image(data: bytes, name: str) -> np.ndarray:
+def decode_image(data: bytes, name: str) -> np.ndarray:
     """RGB uint8 (H, W, 3) of a jpg or png entry, with OpenCV (libjpeg-turbo, straight to RGB): the same
     pixels as Pillow in 0.5-0.8x its time (BENCHMARKS.md, Data path); orientation tags are not applied."""
     frame = cv2.imdecode(np.frombuffer(data, np.uint8), _IMAGE_FLAGS)

@@ -12,7 +12,7 @@ from pathlib import Path
 import fsspec
 import torch
 
-from trajtok.config import JobConfig
+from trajtok.config import DEVICE_DECODE_FORMATS, JobConfig
 from trajtok.data.qa import read_qa
 from trajtok.data.shard_urls import expand_shards
 from trajtok.errors import ConfigError
@@ -35,6 +35,12 @@ def check_job(cfg: JobConfig, on_gpu: bool | None = None) -> None:
         return
     if not expand_shards(cfg.data.shards):
         raise ConfigError(f"data.shards '{cfg.data.shards}': names no shard")
+    unknown = sorted(set(cfg.data.device_decode) - set(DEVICE_DECODE_FORMATS))
+    if unknown:
+        raise ConfigError(
+            f"data.device_decode: {unknown[0]!r} cannot be decoded on a device; choose from "
+            f"{', '.join(DEVICE_DECODE_FORMATS)}"
+        )
     if cfg.model.init:
         weights_file(cfg.model.init, "model.init")
     check_train_config(cfg.train, on_gpu=torch.cuda.is_available() if on_gpu is None else on_gpu)

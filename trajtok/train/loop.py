@@ -21,6 +21,7 @@ import torch
 
 from trajtok.config import JobConfig, config_digest, save_config
 from trajtok.data.colour import apply_colour
+from trajtok.data.device_decode import frames_on_device, start_decoders
 from trajtok.data.loader import ReadOrder, build_loader, expand_shards, open_batches, stable_seed
 from trajtok.data.normalise import normalise_frames
 from trajtok.distributed import init_process_group
@@ -146,7 +147,10 @@ def _train(cfg: JobConfig, rank: int, world_size: int, device: torch.device, log
     tracker.log_dataset(expand_shards(cfg.data.shards), "train-shards")
 
     stop = StopRequest()
-    loader, dataset = build_loader(cfg, rank, world_size, start_batch=state.batches, order=order)
+    decoders = start_decoders(cfg.data.device_decode, device)  # checked here, one line for each missing
+    loader, dataset = build_loader(
+        cfg, rank, world_size, state.batches, order=order, device_formats=frozenset(decoders)
+    )
     tokenizer = build_tokenizer(cfg.model.text_tokenizer) if mode == "joint" else None
     matching = early_matching(engine.module)
     held_out = HeldOut(cfg, device, dtype)
@@ -164,7 +168,7 @@ def _train(cfg: JobConfig, rank: int, world_size: int, device: torch.device, log
                 state.batches += 1
                 # the forward's draws (tokens per trajectory) follow the step, whatever the ranks
                 torch.manual_seed(stable_seed(cfg.seed, state.step, micro))
-                on_device = batch["frames"].to(device, non_blocking=True)  # the batch's one copy
+                on_device = frames_on_device(batch, device, decoders)  # the batch's one copy (or its bytes)
                 frames = normalise_frames(apply_colour(on_device, batch["colour"]), device, dtype)
                 if tokenizer is not None:
                     ids, mask = tokenizer.encode_batch(batch["captions"], cfg.model.text_max_len)
@@ -192,7 +196,7 @@ def _train(cfg: JobConfig, rank: int, world_size: int, device: torch.device, log
                 tracker.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=state.step)
             every = cfg.train.overlay_every
             if matching is not None and (last or (every and state.step % every == 0)):  # the model segments
-                held_out.fix_clips(batch)
+                held_out.fix_clips({"frames": on_device, "labels": batch["labels"]})
                 picture = held_out.picture(engine.module)  # on every rank: a ZeRO-3 forward takes them all
                 if rank == 0 and picture is not None:
                     tracker.log_image(picture, "train/trajectories", state.step)

@@ -43,7 +43,7 @@ class HeldOut:
             return
         count = self.cfg.train.picture_clips
         if not self.items:
-            self.clips = {"frames": batch["frames"][:count], "labels": batch["labels"][:count]}
+            self.clips = {"frames": batch["frames"][:count].cpu(), "labels": batch["labels"][:count]}
             return
         items = self.items[:count]
         try:
