@@ -143,11 +143,11 @@ def _area_weights(source: int, target: int, like: torch.Tensor) -> torch.Tensor:
 
 def _cuda_decoder(kind: str) -> Decoder:
     if kind == "jpg":
-        from torchvision.io import decode_jpeg  # nvjpeg; the CUDA build of torchvision
+        from torchvision.io import ImageReadMode, decode_jpeg  # nvjpeg; the CUDA build of torchvision
 
         def decode(clips: list[EncodedClip], device: torch.device) -> list[torch.Tensor]:
             data = [torch.from_numpy(np.frombuffer(e, np.uint8).copy()) for c in clips for e in _kept(c)]
-            images = iter(decode_jpeg(data, device=device))  # the batch's frames in one call
+            images = iter(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))  # the batch, one call
             return [torch.stack([next(images) for _ in c.keep]) for c in clips]
 
         return decode
