@@ -347,12 +347,12 @@ def _prepare(
     if not decode:
         return None
     started = time.perf_counter()
-    kind, names = frame_entries(raw)
-    encoded = None
-    if kind in ds.device_formats:
+    kind, encoded = "", None
+    if ds.device_formats:
         _, checked, labels = parse_sample(raw)  # the label map and every rule but the frames' pixels
+        kind, names = frame_entries(raw)
         frames, height, width = None, checked.height, checked.width
-    else:
+    if kind not in ds.device_formats:
         clip = decode_sample(raw)
         frames, labels = clip.frames, clip.labels
     decoded = time.perf_counter()
