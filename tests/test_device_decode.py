@@ -79,6 +79,20 @@ def test_device_decoded_batches_match_the_workers(shards, kind: str, size: int, 
         assert difference.float().mean() <= 0.5 and difference.max() <= 2
 
 
+def test_a_batch_of_mixed_formats_decodes_each_where_asked(shards):
+    cfg, cpu = _cfg(f"{shards['jpg']} {shards['mp4']}"), torch.device("cpu")
+    decoders = start_decoders(["jpg"], cpu)
+    mixed = 0
+    for worker, left in zip(_batches(cfg, frozenset(), 4), _batches(cfg, frozenset({"jpg"}), 4), strict=True):
+        encoded = {row for row, _ in left["encoded"]}
+        mixed += 0 < len(encoded) < 4
+        if left["frames"] is not None:  # the workers' mp4 clips, zeros where the jpg ones go
+            assert all(left["frames"][row].sum() == 0 for row in encoded)
+        difference = (frames_on_device(left, cpu, decoders).int() - worker["frames"].int()).abs()
+        assert difference.float().mean() <= 0.5 and difference.max() <= 2
+    assert mixed >= 1  # the case this test is for occurred
+
+
 def test_a_resume_reads_the_same_device_decoded_batches(shards):
     cfg, formats = _cfg(shards["jpg"]), frozenset({"jpg"})
     decoders = start_decoders(["jpg"], torch.device("cpu"))
