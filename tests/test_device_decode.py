@@ -153,4 +153,8 @@ def test_training_with_device_decoding_runs_and_logs(shards, tmp_path: Path):
     run_id = (run_dir / "mlflow_run_id").read_text().strip()
     losses = [m.value for m in client.get_metric_history(run_id, "train/loss")]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    metrics = client.get_run(run_id).data.metrics  # the log line's loader health, the device's part too
+    assert (
+        metrics["train/data/device_decode_ms_per_clip"] > 0 and metrics["train/data/decode_ms_per_clip"] > 0
+    )
     assert client.get_run(run_id).info.status == "FINISHED"

@@ -15,6 +15,7 @@ decoders are the workers' own (OpenCV, PyAV), run in the training process: the p
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -74,10 +75,12 @@ def start_decoders(formats: list[str], device: torch.device) -> dict[str, Decode
 
 def frames_on_device(batch: dict, device: torch.device, decoders: dict[str, Decoder]) -> torch.Tensor:
     """The batch's uint8 (B, T, 3, S, S) frames on `device`: the workers' frames in one host-to-device
-    copy, the clips they left encoded decoded and placed here."""
+    copy, the clips they left encoded decoded and placed here. The host's seconds in that decoding go to
+    batch["loader_s"]["device_decode"] (the log line's "on the device"; no sync: queued GPU work aside)."""
     encoded: list[tuple[int, EncodedClip]] = batch.get("encoded", [])
     if not encoded:
         return batch["frames"].to(device, non_blocking=True)
+    started = time.perf_counter()
     size = batch["size"]
     shape = (len(batch["keys"]), len(encoded[0][1].keep), 3, size, size)
     if batch["frames"] is None:
@@ -95,6 +98,7 @@ def frames_on_device(batch: dict, device: torch.device, decoders: dict[str, Deco
                 frames[row] = 0
             else:
                 frames[row] = place_frames(clip_frames, clip.geometry, size)
+    batch["loader_s"]["device_decode"] = time.perf_counter() - started
     return frames
 
 

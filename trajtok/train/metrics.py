@@ -17,7 +17,8 @@ import torch.distributed as dist
 
 from trajtok.models.output import ModelOutput
 
-LOADER_PARTS = ("decode", "augment", "worker")  # batch["loader_s"]: seconds a worker spent, by part
+# batch["loader_s"]: seconds a worker spent, by part, and the trainer's on frames left for the device
+LOADER_PARTS = ("decode", "augment", "worker", "device_decode")
 
 
 class TrainMeter:
@@ -85,7 +86,8 @@ class TrainMeter:
         values = sums.tolist()
         steps = self.micro_batches * self.world_size
         metrics = {n if n == "loss" else f"loss/{n}": values[i] / steps for i, n in enumerate(names)}
-        token_sum, samples, data_wait, skipped_total, decode_s, augment_s, worker_s = values[len(names) :]
+        token_sum, samples, data_wait, skipped_total, *loader_s = values[len(names) :]
+        decode_s, augment_s, worker_s, device_s = loader_s  # LOADER_PARTS
         metrics.update(
             {
                 "samples_per_s": samples / elapsed,
@@ -104,6 +106,8 @@ class TrainMeter:
                     "data/clips_per_s_per_worker": samples / worker_s,
                 }
             )
+        if device_s > 0:  # data.device_decode: the trainer's decoding, crop and flip
+            metrics["data/device_decode_ms_per_clip"] = 1e3 * device_s / samples
         if token_sum > 0:
             metrics.update(
                 {
@@ -167,6 +171,8 @@ def format_line(
             f"{metrics['data/augment_ms_per_clip']:.0f} ms crop per clip, "
             f"{metrics['data/clips_per_s_per_worker']:.1f} clips/s per worker"
         )
+    if "data/device_decode_ms_per_clip" in metrics:
+        line += f", {metrics['data/device_decode_ms_per_clip']:.0f} ms per clip decoding on the device"
     if metrics["data/skipped"]:
         reasons = ", ".join(
             f"{k.rsplit('/', 1)[1]} {v:.0f}" for k, v in metrics.items() if k.startswith("data/skipped/")
