@@ -337,7 +337,7 @@ def _prepare(
 ) -> dict | None:
     """Pick a caption, then (unless skipping ahead) decode, pick frames and augment; frames of a format
     the trainer decodes (`ds.device_formats`) stay encoded, with their geometry drawn here."""
-    from trajtok.data.sample import decode_sample, frame_entries, parse_sample
+    from trajtok.data.sample import decode_sample_frames, frame_entries, parse_sample
 
     frame_count = int(meta["frame_count"])
     if frame_count < spec.frames:
@@ -347,14 +347,9 @@ def _prepare(
     if not decode:
         return None
     started = time.perf_counter()
-    kind, encoded = "", None
-    if ds.device_formats:
-        _, checked, labels = parse_sample(raw)  # the label map and every rule but the frames' pixels
-        kind, names = frame_entries(raw)
-        frames, height, width = None, checked.height, checked.width
-    if kind not in ds.device_formats:
-        clip = decode_sample(raw)
-        frames, labels = clip.frames, clip.labels
+    key, checked, labels = parse_sample(raw)  # the label map and every rule but the frames' pixels
+    kind, names = frame_entries(raw)
+    frames = None if kind in ds.device_formats else decode_sample_frames(raw, checked, key)
     decoded = time.perf_counter()
     keep = np.arange(frame_count)
     if frame_count > spec.frames:  # an evenly spaced subset keeps the clip's span and frames/labels aligned
@@ -362,8 +357,9 @@ def _prepare(
         frames = None if frames is None else frames[keep]
         labels = None if labels is None else labels[keep]
     size = ds.cfg.clip.size
-    if frames is None:  # the same draws as augment_clip, in its order
-        geometry = draw_geometry(height, width, ds.augment, rng)
+    encoded = None
+    if frames is None:  # left for the trainer: the same draws as augment_clip, in its order
+        geometry = draw_geometry(checked.height, checked.width, ds.augment, rng)
         labels, colour = place_labels(labels, geometry, size), colour_draws(ds.augment, rng)
         encoded = EncodedClip(kind, [bytes(raw[n]) for n in names], keep.tolist(), geometry)
     elif ds.train:

@@ -199,13 +199,13 @@ def validate_sample(sample: Mapping[str, Any], *, decode_frames: bool = False) -
     """
     key, meta, _ = parse_sample(sample)
     if decode_frames:
-        _decode_frames(sample, meta, key)
+        decode_sample_frames(sample, meta, key)
 
 
 def decode_sample(sample: Mapping[str, Any]) -> ClipSample:
     """Check a raw sample (entries as bytes, as read from a tar) and decode its frames and labels."""
     key, meta, labels = parse_sample(sample)
-    return ClipSample(key, _decode_frames(sample, meta, key), labels, meta)
+    return ClipSample(key, decode_sample_frames(sample, meta, key), labels, meta)
 
 
 def frame_entries(sample: Mapping[str, Any]) -> tuple[str, list[str]]:
@@ -336,7 +336,8 @@ def _check_entries(entries: Mapping[str, Any], meta: SampleMeta, key: str) -> No
         )
 
 
-def _decode_frames(sample: Mapping[str, Any], meta: SampleMeta, key: str) -> np.ndarray:
+def decode_sample_frames(sample: Mapping[str, Any], meta: SampleMeta, key: str) -> np.ndarray:
+    """The (T, H, W, 3) uint8 frames of a sample `parse_sample` has checked, checked against its json."""
     from trajtok.data.video import open_video  # the decoders load only where frames are decoded
 
     expected = (meta.frame_count, meta.height, meta.width, 3)
