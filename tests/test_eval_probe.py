@@ -42,7 +42,9 @@ def planted(count: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray
 def test_every_head_learns_a_planted_class_on_the_same_budget():
     x_train, y_train, t_train = planted(48, 4, seed=0)
     x_test, y_test, t_test = planted(24, 4, seed=1)
-    budget = ProbeConfig(steps=80, batch_size=16, lr=3e-3, warmup_steps=5)
+    # 200 steps: at 80 the linear head sat at the 75 % bar (62.5-87.5 over data seeds 0-11); at 200 every
+    # head scores 83-100 on those seeds
+    budget = ProbeConfig(steps=200, batch_size=16, lr=3e-3, warmup_steps=5)
     results = compare_heads(x_train, y_train, x_test, y_test, 4, budget, 0, (t_train, t_test))
     assert [r.head for r in results] == [
         "linear",
