@@ -62,7 +62,7 @@ def _batches(cfg: JobConfig, formats: frozenset[str], n: int, start: int = 0) ->
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("size", [48, 24])  # crops resized bilinearly (up and down to 2x); area-averaged
+@pytest.mark.parametrize("size", [48, 24])  # crops that grow (bilinear) and shrink (area-averaged)
 @pytest.mark.parametrize("kind", ["jpg", "mp4"])
 def test_device_decoded_batches_match_the_workers(shards, kind: str, size: int, device: str):
     decoders = start_decoders([kind], torch.device(device))

@@ -174,12 +174,11 @@ def test_operations_are_fast_at_16x224x224():
 # --- geometry: frames and labels stay aligned ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("area_below", [1.0, 0.5])  # area averaging or bilinear for the same shrinks
 @pytest.mark.parametrize("size", [(30, 37), (18, 24), (96, 150), (61, 80)])
-def test_resized_frames_and_labels_sample_the_same_place(size, area_below):
+def test_resized_frames_and_labels_sample_the_same_place(size):
     h, w = 48, 80
     frames, labels = coordinate_scene(h, w)
-    small_frames = resize_frames(frames, size, area_below=area_below)
+    small_frames = resize_frames(frames, size)
     small_labels = resize_labels(labels, size)
     assert small_frames.shape == (2, *size, 3) and small_labels.shape == (2, *size)
     src_y, src_x = np.divmod(small_labels.astype(np.int64) - 1, w)
@@ -188,17 +187,6 @@ def test_resized_frames_and_labels_sample_the_same_place(size, area_below):
     # (plus uint8 rounding); a grid shifted by even a third of a pixel fails this
     assert np.abs(small_frames[..., 0] / 3 - src_x).max() <= 0.5 + 0.2
     assert np.abs(small_frames[..., 1] / 3 - src_y).max() <= 0.5 + 0.2
-
-
-def test_training_resize_averages_areas_below_half_size():
-    """Bilinear down to 2x (the training crop's speed-up), area averaging beyond: a 4x shrink of a
-    checkerboard stays flat grey, not a moire."""
-    checker = (np.indices((96, 96)).sum(0) % 2 * 255).astype(np.uint8)
-    frames = np.repeat(checker[None, ..., None], 3, axis=-1)
-    assert np.ptp(resize_frames(frames, (24, 24), area_below=0.5)) <= 1
-    for side, same in ((24, True), (64, False)):  # 4x down: area averaging either way; 1.5x: bilinear
-        fast, area = resize_frames(frames, (side, side), area_below=0.5), resize_frames(frames, (side, side))
-        assert np.array_equal(fast, area) == same
 
 
 def test_resize_labels_never_invents_ids():

@@ -22,7 +22,6 @@ from trajtok.data.colour import NO_COLOUR
 from trajtok.data.labels import Box, center_crop_box, crop_frames, crop_labels, resize_frames, resize_labels
 
 GRID_STRIDE = 4  # the segmenter predicts at 1/4 of the input size (DESIGN §2)
-TRAIN_AREA_BELOW = 0.5  # the crop's resize averages areas only below 2x down: bilinear above, 5x faster
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,7 @@ def augment_clip(
     g = size // 4. The crop and the flip are shared; jitter, grey and blur touch the frames only.
     """
     geometry = draw_geometry(frames.shape[1], frames.shape[2], params, rng)
-    frames = resize_frames(crop_frames(frames, geometry.box), (size, size), area_below=TRAIN_AREA_BELOW)
+    frames = resize_frames(crop_frames(frames, geometry.box), (size, size))
     if geometry.flip:
         for frame in frames:  # a fresh array: flipped in place, 20x faster than numpy's reversed copy
             cv2.flip(frame, 1, dst=frame)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trajtok.data.augment import TRAIN_AREA_BELOW, Geometry
+from trajtok.data.augment import Geometry
 from trajtok.data.encode import encode_video
 from trajtok.data.labels import Box
 from trajtok.data.sample import JPEG_QUALITY, decode_image
@@ -122,10 +122,10 @@ def _decode_one(decoder: Decoder, clip: EncodedClip, device: torch.device) -> to
 
 def place_frames(frames: torch.Tensor, geometry: Geometry, size: int) -> torch.Tensor:
     """(T, 3, H, W) uint8 -> the crop resized to (T, 3, size, size) and flipped, as the workers' numpy
-    version does it (bilinear, half-pixel; averaging areas below half size), within a grey level."""
+    version does it (area averaging when shrinking, half-pixel bilinear when growing), within a grey level."""
     box = geometry.box
     crop = frames[:, :, box.top : box.top + box.height, box.left : box.left + box.width].float()
-    area = size <= box.height * TRAIN_AREA_BELOW and size <= box.width * TRAIN_AREA_BELOW
+    area = size <= box.height and size <= box.width  # shrinking: `resize_frames` averages areas
     if area:  # OpenCV's area averaging: each output pixel the overlap-weighted mean of its source box
         rows, cols = _area_weights(box.height, size, crop), _area_weights(box.width, size, crop)
         out = torch.einsum("yh,tchw,xw->tcyx", rows, crop, cols)
